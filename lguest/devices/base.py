@@ -1,0 +1,115 @@
+"""What every virtio device is, whatever transport carries it.
+
+#L:300 A device is a small thing: a type number, the features it offers, a few queues
+# with their names and maximum sizes, and a block of device-specific configuration.
+# It does no I/O of its own: host resources (a file, a tap, the console) are handed to
+# it as objects with a narrow interface, so the same device can be tested against an
+# in-memory model and served over PCI (lguest, KVM, the fake backend) or vhost-user.
+#
+# A transport drives a device through its life: activate() once the driver has set up
+# the queues and said DRIVER_OK, process() for each kick (or whenever host data may
+# flow), and reset() when the driver writes 0 to the status register. *Who* calls
+# process(), and on which thread, is a DeviceRunner's business (see L:310).
+"""
+
+from ..errors import GuestError
+
+
+class VirtioDevice:
+    """Base class of every device. Subclasses set the class attributes and override
+    process() (and usually activate()/reset())."""
+
+    device_id = 0              # virtio device type (lguest.virtio.ID_*)
+    queue_names = ()           # e.g. ("input", "output")
+    queue_max_size = 256       # the largest ring the device accepts, per queue
+
+    def __init__(self, name=None):
+        self.name = name or type(self).__name__.lower()
+        self.features = 0               # device-specific and ring features offered
+        self.config = bytearray()       # device-specific config space, little-endian
+        self.config_generation = 0
+        self.queues = []                # Virtqueue (or None) per queue, once active
+        self.negotiated = 0             # features the driver accepted
+        self.on_config_change = None    # set by the transport: raise a config interrupt
+
+    # -- configuration space ------------------------------------------------------
+    def read_config(self, offset, size):
+        if offset < 0 or size <= 0 or offset + size > len(self.config):
+            raise GuestError("config read past end", device=self.name,
+                             detail=f"offset {offset} size {size} of {len(self.config)}")
+        return int.from_bytes(self.config[offset:offset + size], "little")
+
+    def write_config(self, offset, size, value):
+        raise GuestError("write to read-only device config", device=self.name,
+                         detail=f"offset {offset} size {size}")
+
+    def update_config(self, new_bytes):
+        """The host changed the config: bump the generation and tell the driver."""
+        self.config[:] = new_bytes
+        self.config_generation = (self.config_generation + 1) & 0xFF
+        if self.on_config_change:
+            self.on_config_change()
+
+    # -- life cycle -----------------------------------------------------------------
+    def activate(self, queues, negotiated):
+        """The driver said DRIVER_OK (or a vhost-user front-end started the rings)."""
+        self.queues = list(queues)
+        self.negotiated = negotiated
+
+    def process(self, queue_index):
+        """Serve what is available on one queue. Return True if any buffer was used
+        (the runner then asks the queue whether the guest wants an interrupt)."""
+        return False
+
+    def reset(self):
+        """Forget the queues and negotiated features; keep host resources open."""
+        self.queues = []
+        self.negotiated = 0
+
+    def close(self):
+        """Release host resources for good (the launcher is exiting)."""
+
+
+#L:310 Who calls process(). The transport tells its runner three things: the
+# device became live (start), the guest kicked a queue (kick), the device was reset
+# (stop). `interrupt(queue_index)` is the transport's function to signal the guest;
+# the runner calls it only when the queue says the guest wants one.
+class DeviceRunner:
+    """Drives a device's process() calls on behalf of a transport."""
+
+    def start(self, device, interrupt):
+        raise NotImplementedError
+
+    def kick(self, queue_index):
+        raise NotImplementedError
+
+    def stop(self):
+        raise NotImplementedError
+
+
+class InlineRunner(DeviceRunner):
+    """The sans-I/O runner: a kick is served at once, on the caller's thread. The fake
+    backend and the unit tests use it, so everything is deterministic."""
+
+    def __init__(self):
+        self.device = None
+        self.interrupt = None
+
+    def start(self, device, interrupt):
+        self.device = device
+        self.interrupt = interrupt
+
+    def kick(self, queue_index):
+        if self.device is None:
+            return
+        self.serve(queue_index)
+
+    def serve(self, queue_index):
+        if self.device.process(queue_index):
+            queue = self.device.queues[queue_index]
+            if queue is not None and queue.should_interrupt():
+                self.interrupt(queue_index)
+
+    def stop(self):
+        self.device = None
+        self.interrupt = None

@@ -1,0 +1,166 @@
+"""Guest memory: where the guest's "physical" addresses point.
+
+#L:100 The Launcher sets up one big chunk of memory to be the Guest's "physical"
+# memory. Guest physical == launcher virtual with an offset (host_address), so every
+# address the guest hands us is just an index into that chunk, once we have checked
+# it. Every device buffer, ring and kernel byte goes through Memory.view(), which is
+# the seed's check_pointer(): an address whose end is past the limit, or that wraps
+# around, is the guest's fault and raises GuestMemoryError. As in map_zeroed_pages()
+# there is a PROT_NONE guard page on each side, so a bug of ours that slips past the
+# check faults at once instead of quietly reading the launcher's own memory.
+"""
+
+import ctypes
+import mmap
+import struct
+
+from .errors import GuestMemoryError, LauncherError
+
+PAGE_SIZE = mmap.PAGESIZE
+PROT_NONE = 0
+
+_U8 = struct.Struct("<B")
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+
+
+def page_align_up(n):
+    return (n + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+
+
+class Memory:
+    """Bounds-checked, little-endian access to guest-physical addresses.
+
+    Subclasses say where an address lives with _locate(); everything else (typed
+    reads and writes, zero-copy views) is shared, so the single mapping of the
+    launcher and the several regions of a vhost-user front-end behave the same.
+    """
+
+    size = 0  # one past the highest guest-physical address we accept
+
+    def _locate(self, addr, length):
+        """Return (buffer, offset) for [addr, addr+length), or raise GuestMemoryError."""
+        raise NotImplementedError
+
+    def check(self, addr, length):
+        """check_pointer(): raise GuestMemoryError unless the whole range is guest memory."""
+        self._locate(addr, length)
+
+    def view(self, addr, length):
+        """A zero-copy memoryview of guest memory (writes go straight to the guest)."""
+        buf, off = self._locate(addr, length)
+        return buf[off:off + length]
+
+    def read(self, addr, length):
+        buf, off = self._locate(addr, length)
+        return bytes(buf[off:off + length])
+
+    def write(self, addr, data):
+        buf, off = self._locate(addr, len(data))
+        buf[off:off + len(data)] = data
+
+    def _get(self, fmt, addr):
+        buf, off = self._locate(addr, fmt.size)
+        return fmt.unpack_from(buf, off)[0]
+
+    def _put(self, fmt, addr, value):
+        buf, off = self._locate(addr, fmt.size)
+        fmt.pack_into(buf, off, value)
+
+    def read_u8(self, addr): return self._get(_U8, addr)
+    def read_u16(self, addr): return self._get(_U16, addr)
+    def read_u32(self, addr): return self._get(_U32, addr)
+    def read_u64(self, addr): return self._get(_U64, addr)
+    def write_u8(self, addr, v): self._put(_U8, addr, v)
+    def write_u16(self, addr, v): self._put(_U16, addr, v)
+    def write_u32(self, addr, v): self._put(_U32, addr, v)
+    def write_u64(self, addr, v): self._put(_U64, addr, v)
+
+
+def out_of_bounds(addr, length, limit):
+    """The seed's test: (addr + size) > guest_limit || (addr + size) < addr."""
+    return addr < 0 or length < 0 or addr + length > limit
+
+
+class GuestMemory(Memory):
+    """One anonymous mapping of guest RAM with a PROT_NONE guard page on each side."""
+
+    def __init__(self, size):
+        if size <= 0:
+            raise LauncherError(f"guest memory size must be positive, not {size}")
+        self.size = page_align_up(size)
+        total = self.size + 2 * PAGE_SIZE
+        try:
+            self._map = mmap.mmap(-1, total, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
+                                  prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        except OSError as e:
+            raise LauncherError(f"cannot map {self.size >> 20} MiB of guest memory: {e.strerror}") from e
+        # Holding a ctypes view pins the mapping: mmap.close() refuses while it lives.
+        self._anchor = ctypes.c_char.from_buffer(self._map)
+        map_address = ctypes.addressof(self._anchor)
+        for guard in (map_address, map_address + PAGE_SIZE + self.size):
+            if _libc.mprotect(guard, PAGE_SIZE, PROT_NONE) != 0:
+                raise LauncherError(f"mprotect of a guard page failed: errno {ctypes.get_errno()}")
+        self.host_address = map_address + PAGE_SIZE
+        self._whole = memoryview(self._map)
+        # Guest-physical 0 is PAGE_SIZE into the mapping; slicing the view keeps the
+        # guard pages out of reach of any slice we hand out.
+        self._ram = self._whole[PAGE_SIZE:PAGE_SIZE + self.size]
+
+    def _locate(self, addr, length):
+        if addr < 0 or length < 0 or addr + length > self.size:
+            raise GuestMemoryError("Invalid address", detail=f"{addr:#x}+{length:#x} outside {self.size:#x} bytes")
+        return self._ram, addr
+
+    def to_guest_phys(self, host_address):
+        off = host_address - self.host_address
+        if not 0 <= off <= self.size:
+            raise ValueError(f"host address {host_address:#x} is not in guest memory")
+        return off
+
+    def from_guest_phys(self, addr):
+        self._locate(addr, 0)
+        return self.host_address + addr
+
+    def close(self):
+        if self._map is None:
+            return
+        self._ram.release()
+        self._whole.release()
+        del self._anchor
+        self._map.close()
+        self._map = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class MmioAllocator:
+    """get_mmio_region(): hand out device windows above RAM, each a power of two."""
+
+    def __init__(self, start):
+        self.start = start
+        self.next = start
+
+    def allocate(self, size):
+        addr = self.next
+        if size == 0:
+            return addr
+        span = 1
+        while span < size:
+            span <<= 1
+        # Keep each window naturally aligned so a BAR's low bits stay zero.
+        addr = (self.next + span - 1) & ~(span - 1)
+        self.next = addr + span
+        return addr
+
+    @property
+    def limit(self):
+        return self.next
