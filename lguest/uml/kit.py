@@ -1,0 +1,147 @@
+"""The guest image kit: a UML kernel and a busybox initramfs, built from Debian packages.
+
+#L:803 Everything the guest needs comes from two Debian packages, fetched once with
+# `apt-get download` into a cache directory outside the repository ($LGUEST_CACHE, or
+# ~/.cache/lguest-py): `user-mode-linux` (the kernel as a host program, /usr/bin/linux.uml,
+# plus its modules) and `busybox-static` (one static binary that is every command a small
+# system needs). The kit unpacks them (L:800), picks the virtio modules and what they
+# depend on (L:802), and writes an initramfs (L:801) with the /init of L:820. The image
+# is cached under a key made of its inputs, so the second `lguest run` builds nothing.
+"""
+
+import functools
+import glob
+import hashlib
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+from ..errors import LauncherError
+from . import archive, modinfo
+from .init_script import INIT_SCRIPT
+
+PACKAGES = ("user-mode-linux", "busybox-static")
+# The front-end drivers for the three virtio devices UML's virtio_uml can carry.
+WANTED_MODULES = ("virtio_blk", "virtio_net", "virtio_console")
+# Bump when the image layout changes, so old cached images are not reused.
+KIT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Kit:
+    kernel: str        # the UML kernel, a host executable
+    initrd: str        # gzip'd cpio newc initramfs
+    modules: tuple     # module names in load order
+
+
+def cache_dir():
+    return os.environ.get("LGUEST_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "lguest-py")
+
+
+def say(message):
+    print(f"lguest: {message}", file=sys.stderr, flush=True)
+
+
+def _newest_deb(debs_dir, package):
+    found = sorted(glob.glob(os.path.join(debs_dir, f"{package}_*.deb")))
+    return found[-1] if found else None
+
+
+def _apt_download(debs_dir, packages):
+    return subprocess.run(["apt-get", "download", *packages], cwd=debs_dir,
+                          capture_output=True, text=True)
+
+
+def fetch_debs(debs_dir, progress=say):
+    """Return {package: path of its .deb}, downloading the missing ones."""
+    os.makedirs(debs_dir, exist_ok=True)
+    missing = [p for p in PACKAGES if not _newest_deb(debs_dir, p)]
+    if missing:
+        progress(f"fetching {', '.join(missing)} with apt-get download into {debs_dir} "
+                 "(about 45 MB, once)")
+        try:
+            done = _apt_download(debs_dir, missing)
+            if done.returncode != 0 and os.geteuid() == 0:
+                # A fresh machine may have no package lists yet.
+                progress("apt-get download failed; running apt-get update and retrying")
+                subprocess.run(["apt-get", "update", "-qq"], capture_output=True)
+                done = _apt_download(debs_dir, missing)
+        except FileNotFoundError:
+            raise LauncherError("apt-get is missing: the UML kit needs a Debian-like host "
+                                f"(or put {', '.join(missing)} .debs in {debs_dir})") from None
+        if done.returncode != 0:
+            raise LauncherError(f"apt-get download {' '.join(missing)} failed "
+                                f"(try `sudo apt-get update`): {done.stderr.strip()[-300:]}")
+    return {p: _newest_deb(debs_dir, p) for p in PACKAGES}
+
+
+def unpack(deb, unpacked_root, progress=say):
+    """Unpack a .deb once into unpacked_root/<deb name>/; return that directory."""
+    dest = os.path.join(unpacked_root, os.path.basename(deb)[:-len(".deb")])
+    stamp = os.path.join(dest, ".unpacked")
+    if not os.path.exists(stamp):
+        progress(f"unpacking {os.path.basename(deb)}")
+        os.makedirs(dest, exist_ok=True)
+        archive.extract_deb(deb, dest)
+        open(stamp, "w").close()
+    return dest
+
+
+def _modules_root(uml_dir):
+    roots = sorted(glob.glob(os.path.join(uml_dir, "usr", "lib", "uml", "modules", "*")))
+    if not roots:
+        raise LauncherError(f"no UML modules under {uml_dir}/usr/lib/uml/modules")
+    return roots[-1]
+
+
+def build_initramfs(busybox, modules):
+    """The image's bytes: busybox, the modules (in load order), and /init."""
+    cpio = archive.CpioWriter()
+    for d in ("bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "tmp", "root", "mnt"):
+        cpio.directory(d)
+    # The kernel opens /dev/console for init before /init can mount devtmpfs.
+    cpio.char_device("dev/console", 5, 1)
+    cpio.char_device("dev/null", 1, 3, perm=0o666)
+    with open(busybox, "rb") as f:
+        cpio.file("bin/busybox", f.read(), perm=0o755)
+    cpio.symlink("bin/sh", "busybox")
+    for name, elf in modules:
+        cpio.file(f"lib/modules/{name}.ko", elf)
+    cpio.file("lib/modules/load-order", "".join(f"{n}\n" for n, _ in modules).encode())
+    cpio.file("init", INIT_SCRIPT.encode(), perm=0o755)
+    return archive.gzip_bytes(cpio.finish())
+
+
+def _write_atomically(path, data):
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+@functools.lru_cache(maxsize=None)
+def ensure_kit(root=None, progress=say):
+    """Fetch, unpack and build what is missing; return the Kit. Cached per process."""
+    root = root or cache_dir()
+    debs = fetch_debs(os.path.join(root, "debs"), progress)
+    key_text = repr((KIT_VERSION, sorted(os.path.basename(d) for d in debs.values()),
+                     WANTED_MODULES, INIT_SCRIPT))
+    key = hashlib.sha256(key_text.encode()).hexdigest()[:16]
+    uml_dir = unpack(debs["user-mode-linux"], os.path.join(root, "unpacked"), progress)
+    kernel = os.path.join(uml_dir, "usr", "bin", "linux.uml")
+    image = os.path.join(root, "images", f"initramfs-{key}.cpio.gz")
+    order_file = image + ".modules"
+    if not os.path.exists(image):
+        bb_dir = unpack(debs["busybox-static"], os.path.join(root, "unpacked"), progress)
+        modules = modinfo.resolve(_modules_root(uml_dir), WANTED_MODULES)
+        os.makedirs(os.path.dirname(image), exist_ok=True)
+        _write_atomically(order_file, "".join(f"{n}\n" for n, _ in modules).encode())
+        _write_atomically(image, build_initramfs(os.path.join(bb_dir, "bin", "busybox"), modules))
+        progress(f"built {image}")
+    if not os.access(kernel, os.X_OK):
+        raise LauncherError(f"{kernel} is missing or not executable")
+    with open(order_file) as f:
+        order = tuple(f.read().split())
+    return Kit(kernel=kernel, initrd=image, modules=order)
