@@ -1,0 +1,217 @@
+"""The real thing: a guest run by the lguest kernel module through /dev/lguest.
+
+#L:520 The protocol is small. Requests are pwrite()s of an array of the host's
+# `unsigned long` words, the first naming the request, at file offset = cpu id.
+# Running the guest is a pread(): it returns a 12-byte struct lguest_pending
+# (u8 trap; u8 insn[7]; u32 addr) when the guest trapped on something we must
+# emulate, or fails with ENOENT (dead: the next read gives the reason), ERESTART
+# (reboot) or EINTR (a signal: just run again). Registers go through GETREG (the
+# next pread returns the register instead of running the guest) and SETREG.
+#
+# The words are the host's unsigned long: 4 bytes on every real lguest host (it was
+# 32-bit x86 only), 8 on the machine running the tests. The word size is a parameter
+# and os.open/os.pread/os.pwrite are injected, so the same code talks to the kernel
+# or to the in-process model of lguest_user.c (L:530) in both word sizes.
+"""
+
+import errno
+import os
+import struct
+import sys
+
+from ..errors import LauncherError
+from .. import x86
+from .base import MMIO, PIO, Backend, GuestDied, IoExit, RebootRequested
+
+LHREQ_INITIALIZE = 0
+LHREQ_GETDMA = 1        # obsolete
+LHREQ_IRQ = 2
+LHREQ_BREAK = 3         # obsolete
+LHREQ_EVENTFD = 4       # obsolete in the PCI launcher
+LHREQ_GETREG = 5
+LHREQ_SETREG = 6
+LHREQ_TRAP = 7
+
+LGUEST_IRQS = 32
+PENDING = struct.Struct("<B7sI")          # struct lguest_pending
+NATIVE_WORD = struct.calcsize("L")
+PAGE_SIZE = 4096                          # lguest hosts were x86: 4 KiB pages
+DEVICE_PATH = "/dev/lguest"
+TRAP_GPF = 13
+TRAP_PAGE_FAULT = 14
+ERESTART = getattr(errno, "ERESTART", 85)  # kernel-internal, but lguest leaks it
+
+
+def pack_words(words, word_size):
+    fmt = "<" + ("I" if word_size == 4 else "Q") * len(words)
+    limit = 1 << (8 * word_size)
+    for w in words:
+        if not 0 <= w < limit:
+            raise LauncherError(f"{w:#x} does not fit in a {word_size}-byte unsigned long")
+    return struct.pack(fmt, *words)
+
+
+def _warnx(message):
+    print(f"lguest: {message}", file=sys.stderr)
+
+
+class LguestBackend(Backend):
+    """A guest on the lguest kernel module (or on anything speaking its protocol)."""
+
+    name = "lguest"
+
+    def __init__(self, path=DEVICE_PATH, *, word_size=NATIVE_WORD, cpu_id=0,
+                 opener=os.open, pread=os.pread, pwrite=os.pwrite, closer=os.close,
+                 warn=_warnx):
+        if word_size not in (4, 8):
+            raise ValueError(f"an unsigned long is 4 or 8 bytes, not {word_size}")
+        self.word_size = word_size
+        self.cpu_id = cpu_id
+        self._pread, self._pwrite, self._closer = pread, pwrite, closer
+        self.warn = warn
+        self.path = path
+        try:
+            self.fd = opener(path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as e:
+            raise LauncherError(f"cannot open {path}: {e.strerror} (the lguest module"
+                                " is needed: Linux dropped lguest in 4.14)") from e
+
+    # -- the request words ---------------------------------------------------------
+    def _request(self, what, *words):
+        data = pack_words(words, self.word_size)
+        try:
+            return self._pwrite(self.fd, data, self.cpu_id)
+        except OSError as e:
+            raise LauncherError(f"{what}: {e.strerror}") from e
+
+    def initialize(self, memory, entry, *, mmio_limit=None, boot_params=0):
+        #L:521 tell_kernel(): the base of guest "physical" memory in our address space,
+        # the top page the guest may use, its entry point, and the page past the MMIO
+        # window (the guest gets a page fault, trap 14, for any access up to there).
+        # boot_params needs no word: lguest guests find them at guest-physical 0.
+        mmio_limit = memory.size if mmio_limit is None else mmio_limit
+        self._request(f"Writing to {self.path}", LHREQ_INITIALIZE, memory.host_address,
+                      memory.size // PAGE_SIZE, entry,
+                      (mmio_limit + PAGE_SIZE - 1) // PAGE_SIZE)
+
+    def get_reg(self, name):
+        offset = x86.USER_REGS_OFFSETS[name]
+        self._request(f"Getting register {offset}", LHREQ_GETREG, offset)
+        try:
+            data = self._pread(self.fd, self.word_size, self.cpu_id)
+        except OSError as e:
+            raise LauncherError(f"Reading register {offset}: {e.strerror}") from e
+        if len(data) != self.word_size:
+            raise LauncherError(f"Reading register {offset}: got {len(data)} bytes")
+        return int.from_bytes(data, "little") & 0xFFFFFFFF
+
+    def set_reg(self, name, value):
+        offset = x86.USER_REGS_OFFSETS[name]
+        self._request(f"Setting register {offset}", LHREQ_SETREG, offset, value & 0xFFFFFFFF)
+
+    def interrupt(self, irq):
+        self._request(f"Triggering irq {irq}", LHREQ_IRQ, irq)
+
+    def reinject(self, trap):
+        self._request(f"Reinjecting trap {trap}", LHREQ_TRAP, trap)
+
+    def close(self):
+        if self.fd is not None:
+            self._closer(self.fd)
+            self.fd = None
+
+    # -- running -------------------------------------------------------------------
+    def run(self):
+        #L:522 run_guest(): read to run the guest. A trap we emulate entirely
+        # ourselves (cli, or one we hand back) never reaches the launcher: we just
+        # run again, as the seed's loop did.
+        while True:
+            try:
+                data = self._pread(self.fd, PENDING.size, self.cpu_id)
+            except InterruptedError:
+                continue
+            except OSError as e:
+                if e.errno == errno.ENOENT:
+                    return GuestDied(self._death_reason())
+                if e.errno == ERESTART:
+                    return RebootRequested()
+                raise LauncherError(f"Running guest failed: {e.strerror}") from e
+            if len(data) != PENDING.size:
+                raise LauncherError(f"Running guest failed: short read of {len(data)} bytes")
+            trap, insn, addr = PENDING.unpack(data)
+            if trap == TRAP_GPF:
+                exit_ = self._emulate_port(insn)
+            elif trap == TRAP_PAGE_FAULT:
+                exit_ = self._emulate_mmio(addr, insn)
+            else:
+                raise LauncherError(f"Unknown trap {trap} addr {addr:#08x}")
+            if exit_ is not None:
+                return exit_
+
+    def _death_reason(self):
+        try:
+            reason = self._pread(self.fd, 1023, self.cpu_id)
+        except OSError as e:
+            return f"guest died (reason unreadable: {e.strerror})"
+        return reason.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+    def _advance(self, length):
+        self.set_reg("eip", self.get_reg("eip") + length)
+
+    def _emulate_port(self, insn_bytes):
+        #L:523 emulate_insn(): only the guest kernel (CPL 1, L:501) may do port I/O
+        # through us; anything we do not recognise goes back to the guest as the
+        # general protection fault it was.
+        if not x86.privileged_enough(self.get_reg("xcs")):
+            self.reinject(TRAP_GPF)
+            return None
+        insn = x86.decode_port_insn(insn_bytes)
+        if insn is None:
+            self.reinject(TRAP_GPF)
+            return None
+        if insn.kind == "cli":
+            self._advance(insn.length)
+            return None
+        port = (self.get_reg("edx") & 0xFFFF) if insn.port_in_dx else insn.port
+        mask = x86.MASKS[insn.width]
+        eax = self.get_reg("eax")
+        value = eax & mask if insn.kind == "out" else 0
+
+        def complete(result=0):
+            if insn.kind == "in":
+                # "they expect the result to be read into %eax": only the low bits change.
+                self.set_reg("eax", (eax & ~mask) | (result & mask))
+            self._advance(insn.length)
+
+        def reject():
+            self.warn(f"Attempt to {'read from' if insn.kind == 'in' else 'write to'} "
+                      f"port {port} ({mask:#x} mask)")
+            self.reinject(TRAP_GPF)
+
+        return IoExit(PIO, port, insn.width, insn.kind == "out", value, complete, reject)
+
+    def _emulate_mmio(self, addr, insn_bytes):
+        #L:524 emulate_mmio(): a mov to or from the device window. For a store the
+        # value comes from the register the ModRM byte names (ah..bh for bytes);
+        # for a load we write only the bits the instruction loads.
+        insn = x86.decode_mmio_insn(insn_bytes)
+        if insn is None:
+            b = insn_bytes[:4]
+            self.warn(f"Unknown MMIO instruction touching {addr:#08x}: "
+                      + " ".join(f"{c:02x}" for c in b) + f" at {self.get_reg('eip')}")
+            self.reinject(TRAP_PAGE_FAULT)
+            return None
+        regs = {name: self.get_reg(name) for name in x86.registers_needed(insn)}
+        value = x86.read_register(regs, insn.reg, insn.width) if insn.is_write else 0
+
+        def complete(result=0):
+            if not insn.is_write:
+                name, merged = x86.merge_register(regs, insn.reg, insn.width, result)
+                self.set_reg(name, merged)
+            self._advance(insn.length)
+
+        def reject():
+            self.warn(f"MMIO touching {addr:#08x} (not a device)")
+            self.reinject(TRAP_PAGE_FAULT)
+
+        return IoExit(MMIO, addr, insn.width, insn.is_write, value, complete, reject)
