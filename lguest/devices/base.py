@@ -113,3 +113,43 @@ class InlineRunner(DeviceRunner):
     def stop(self):
         self.device = None
         self.interrupt = None
+
+
+# -- scatter-gather helpers shared by the devices and their host side ------------------
+# A chain's buffers are lists of memoryviews straight into guest memory (the seed's
+# iovecs). These are the seed's iov_empty()/iov_consume(), without copying the data.
+
+def iov_length(views):
+    """Total bytes in a list of buffers."""
+    return sum(v.nbytes for v in views)
+
+
+def iov_skip(views, n):
+    """The buffers with their first n bytes removed (new slices; nothing is copied).
+    Returns fewer bytes than asked for only if the buffers are shorter: callers check."""
+    rest = []
+    for v in views:
+        if n >= v.nbytes:
+            n -= v.nbytes
+            continue
+        rest.append(v[n:] if n else v)
+        n = 0
+    return rest
+
+
+def iov_take(views, n):
+    """Copy the first n bytes out of the buffers (a header), and return
+    (header_bytes, remaining_buffers). The header may be shorter than n: callers check."""
+    head = bytearray()
+    for v in views:
+        if len(head) >= n:
+            break
+        head += v[:n - len(head)]
+    return bytes(head), iov_skip(views, n)
+
+
+def give_back(queue):
+    """Un-pop the chain just popped: we took it hoping for host input that turned out
+    not to be there. The driver cannot have reused it (it is not in the used ring), so
+    stepping last_avail_idx back makes the next pop() find the same head again."""
+    queue.last_avail_idx = (queue.last_avail_idx - 1) & 0xFFFF
