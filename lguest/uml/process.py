@@ -1,0 +1,168 @@
+"""One UML boot: start linux.uml, stream the command's output, collect its exit status.
+
+#L:840 UML is a Linux kernel that runs as an ordinary host process, so "booting a
+# guest" is a fork and exec. Its console lines can be host file descriptors
+# (`con1=null,fd:N`: nothing in, output to fd N), which gives us four channels from the
+# guest for the price of four pipes: con0 (/dev/tty0) carries the kernel's own messages,
+# kept for the error message if the guest dies; tty1 and tty2 the command's stdout and
+# stderr, streamed as they come; tty3 the exit-status line of L:820. Devices reach the
+# guest through `virtio_uml.device=SOCKET:ID`: UML's virtio_uml driver is a vhost-user
+# front-end that connects at boot to a back-end already listening on SOCKET (L:860).
+# `uml_dir` and `umid` keep UML's pid file and mconsole socket in our temp directory
+# instead of ~/.uml, and TMPDIR its (already unlinked) memory file.
+"""
+
+import base64
+import os
+import resource
+import selectors
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+from ..errors import LauncherError
+from .init_script import STATUS_MARKER
+
+# Keep this much of the kernel log for error messages.
+LOG_TAIL = 64 * 1024
+# The kernel command line of UML is at most 4096 bytes (COMMAND_LINE_SIZE); leave room
+# for everything else on it.
+MAX_ENCODED_COMMAND = 3000
+
+
+@dataclass
+class Outcome:
+    status: int | None            # the command's exit status, None if never reported
+    timed_out: bool
+    uml_returncode: int | None
+    log: str                      # the tail of the kernel console
+    elapsed: float
+    stdout: bytearray = field(default_factory=bytearray)
+    stderr: bytearray = field(default_factory=bytearray)
+    status_text: bytearray = field(default_factory=bytearray)
+
+
+def kernel_arguments(kit, command, workdir, fds, *, mem=64, devices=(), wait=(),
+                     ip=None, stdout_device="tty1"):
+    """The linux.uml argv for one boot. fds = (log, stdout, stderr, status) write ends."""
+    encoded = base64.b64encode(command.encode()).decode()
+    if len(encoded) > MAX_ENCODED_COMMAND:
+        raise LauncherError(f"command too long for the guest's kernel command line "
+                            f"({len(command)} bytes; keep it under ~2 KB, or put a script "
+                            "on a block device)")
+    log, out, err, status = fds
+    argv = [kit.kernel, f"mem={int(mem)}M", f"initrd={kit.initrd}", "rdinit=/init",
+            "con=null", "ssl=null", f"con0=null,fd:{log}", f"con1=null,fd:{out}",
+            f"con2=null,fd:{err}", f"con3=null,fd:{status}",
+            f"uml_dir={workdir}", "umid=guest", "quiet"]
+    argv += [f"virtio_uml.device={sock}:{device_id}" for sock, device_id in devices]
+    argv.append(f"lguest_cmd={encoded}")
+    if wait:
+        argv.append("lguest_wait=" + ",".join(wait))
+    if ip:
+        argv.append(f"lguest_ip={ip}")
+    if stdout_device != "tty1":
+        argv.append(f"lguest_stdout={stdout_device}")
+    return argv
+
+
+def _no_core_dumps():
+    # UML aborts on a kernel panic; a core file of the whole guest helps nobody here.
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def parse_status(status_bytes):
+    """The exit status from the status channel's text, or None if it never came."""
+    for line in reversed(status_bytes.decode("ascii", "replace").splitlines()):
+        words = line.strip().split()
+        if len(words) == 2 and words[0] == STATUS_MARKER and words[1].isdigit():
+            return int(words[1])
+    return None
+
+
+def _spawn(argv, workdir, fds):
+    env = dict(os.environ, TMPDIR=workdir)
+    try:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fds[0], stderr=fds[0],
+                                pass_fds=fds, env=env, cwd=workdir,
+                                start_new_session=True, preexec_fn=_no_core_dumps)
+    except OSError as e:
+        raise LauncherError(f"cannot start {argv[0]}: {e}") from None
+
+
+def kill_group(proc):
+    """Stop UML and the host processes it runs guest programs in (one process group)."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+
+
+def _pump(channels, outcome, on_stdout, on_stderr, deadline):
+    """Read every channel until all are closed or the deadline passes."""
+    sel = selectors.DefaultSelector()
+    for name, fd in channels.items():
+        sel.register(fd, selectors.EVENT_READ, name)
+    log = bytearray()
+    try:
+        while sel.get_map():
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                outcome.timed_out = True
+                break
+            for key, _ in sel.select(left):
+                data = os.read(key.fd, 65536)
+                if not data:
+                    sel.unregister(key.fd)
+                elif key.data == "stdout":
+                    outcome.stdout += data
+                    on_stdout(data)
+                elif key.data == "stderr":
+                    outcome.stderr += data
+                    on_stderr(data)
+                elif key.data == "status":
+                    outcome.status_text += data
+                else:
+                    log = (log + data)[-LOG_TAIL:]
+    finally:
+        sel.close()
+        outcome.log = log.decode("utf-8", "replace")
+
+
+def boot(kit, command, workdir, *, timeout=None, on_stdout=lambda b: None,
+         on_stderr=lambda b: None, **kernel_options):
+    """Boot, run `command` (a shell command line) in the guest, and return an Outcome.
+
+    The UML process is always gone when this returns, whatever happened (including ^C)."""
+    start = time.monotonic()
+    pipes = [os.pipe() for _ in range(4)]
+    reads = {name: r for name, (r, _) in zip(("log", "stdout", "stderr", "status"), pipes)}
+    writes = tuple(w for _, w in pipes)
+    proc = None
+    outcome = Outcome(None, False, None, "", 0.0)
+    try:
+        argv = kernel_arguments(kit, command, workdir, writes, **kernel_options)
+        proc = _spawn(argv, workdir, writes)
+        for w in writes:
+            os.close(w)
+        writes = ()
+        deadline = None if timeout is None else start + timeout
+        _pump(reads, outcome, on_stdout, on_stderr, deadline)
+        if not outcome.timed_out:
+            # Every channel is closed: UML is exiting. Give it a moment to be reaped.
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+    finally:
+        if proc is not None:
+            kill_group(proc)
+            outcome.uml_returncode = proc.returncode
+        for fd in list(reads.values()) + list(writes):
+            os.close(fd)
+    outcome.status = parse_status(outcome.status_text)
+    outcome.elapsed = time.monotonic() - start
+    return outcome
