@@ -90,6 +90,8 @@ class Guest:
 
     def _servers(self, stack, workdir, console_sink):
         """Start the back-ends; return [(socket, virtio id)] in the order UML should see them."""
+        if not (self.block or self.console or self.net):
+            return []
         if self.backend == "qsd":
             if self.console or self.net:
                 raise LauncherError("the qemu-storage-daemon back-end serves block devices only")

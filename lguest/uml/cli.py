@@ -1,0 +1,80 @@
+"""`lguest run`: boot a User-Mode Linux guest on our devices, run one command in it.
+
+    lguest run [--mem MB] [--block FILE[,ro]]... [--net SPEC] [--ip ADDR/PREFIX]
+               [--console] [--timeout S] [--backend lguest|qsd] -- CMD [ARGS...]
+
+#L:890 The main job, end to end: fetch and build the kit if this is the first run
+# (L:803), start our vhost-user back-ends for the devices asked for (L:861), boot UML
+# (L:840), stream the command's stdout and stderr to ours as they come, and exit with
+# the command's own exit status. What is not the command's doing gets a status of its
+# own and one line on stderr: 124 when the timeout stopped the guest (as timeout(1)),
+# 125 when the guest died without reporting one (a kernel panic), 1 for a bad option
+# or host problem, 130 after ^C. Every path out goes through the context managers, so
+# UML is killed and the sockets and the temp directory are removed whichever way we go.
+"""
+
+import argparse
+import os
+import sys
+
+from ..errors import LauncherError
+from .guest import Guest, GuestFailed, GuestTimeout
+
+EXIT_TIMEOUT = 124
+EXIT_GUEST_FAILED = 125
+EXIT_INTERRUPTED = 130
+
+
+def parser():
+    p = argparse.ArgumentParser(
+        prog="lguest run",
+        description="Boot a User-Mode Linux guest whose virtio devices are served by "
+                    "lguest's vhost-user back-end, run CMD in it, and exit with its status.")
+    p.add_argument("--mem", type=int, default=64, metavar="MB", help="guest memory (default 64)")
+    p.add_argument("--block", action="append", default=[], metavar="FILE[,ro]",
+                   help="a disk image, /dev/vda, /dev/vdb, ... in the guest (repeatable)")
+    p.add_argument("--net", metavar="SPEC",
+                   help="a network card served by our back-end (as `lguest vhost-user --net`)")
+    p.add_argument("--ip", metavar="ADDR/PREFIX", help="configure eth0 with this address")
+    p.add_argument("--console", action="store_true",
+                   help="send CMD's stdout through our virtio console (/dev/hvc0)")
+    p.add_argument("--timeout", type=float, default=None, metavar="S",
+                   help="stop the guest after S seconds (default: no limit)")
+    p.add_argument("--backend", choices=("lguest", "qsd"), default="lguest",
+                   help="who serves the block devices (qsd: qemu-storage-daemon, for comparison)")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
+    return p
+
+
+def _writer(stream):
+    def write(data):
+        stream.write(data)
+        stream.flush()
+    return write
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser().error("no command given (lguest run [options] -- CMD [ARGS...])")
+    try:
+        with Guest(block=args.block, console=args.console, net=args.net, ip=args.ip,
+                   mem=args.mem, timeout=args.timeout, backend=args.backend) as guest:
+            result = guest.run(command, on_stdout=_writer(sys.stdout.buffer),
+                               on_stderr=_writer(sys.stderr.buffer))
+        return result.returncode
+    except GuestTimeout as e:
+        print(f"lguest run: {e}", file=sys.stderr)
+        return EXIT_TIMEOUT
+    except GuestFailed as e:
+        print(f"lguest run: {e}", file=sys.stderr)
+        if os.environ.get("LGUEST_VERBOSE"):
+            sys.stderr.write(e.log)
+        return EXIT_GUEST_FAILED
+    except LauncherError as e:
+        print(f"lguest run: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("lguest run: interrupted; guest stopped", file=sys.stderr)
+        return EXIT_INTERRUPTED
