@@ -1,0 +1,406 @@
+"""The vhost-user transport: one VirtioDevice, driven by a front-end's messages.
+
+#L:720 This is the vhost-user twin of the virtio-PCI register file (L:400): the same
+# device (L:300), the same split rings (L:200), a different way of being told things.
+# Where a PCI driver writes queue_size, queue_desc and queue_enable registers, a
+# front-end sends SET_VRING_NUM, SET_VRING_ADDR and SET_VRING_KICK/ENABLE; where it
+# writes device_status, a front-end has nothing -- the rings being live *is* the
+# device being live. So the device is (re)activated whenever the set of served rings
+# changes, with every ring that is served at that moment, and reset when none is.
+#
+# handle() takes one parsed message and returns the reply bytes, or None. Two kinds of
+# failure: a ProtocolError (malformed message) closes the connection; a RequestError or
+# GuestError (a well-formed request we refuse) is logged and, if the front-end asked
+# for an acknowledgement (REPLY_ACK), answered with a non-zero status.
+"""
+
+import logging
+import os
+
+from .. import virtio
+from ..devices.base import InlineRunner
+from ..errors import GuestError
+from ..virtqueue import Virtqueue
+from . import protocol as P
+from .memory import RegionMemory
+from .rings import KickWatcher, Vring, set_nonblocking, signal_fd
+
+log = logging.getLogger("lguest.vhost_user")
+
+# Requests whose answer is their reply: REPLY_ACK adds nothing to them.
+ANSWERED = {P.GET_FEATURES, P.GET_PROTOCOL_FEATURES, P.GET_VRING_BASE, P.GET_QUEUE_NUM,
+            P.GET_CONFIG}
+
+MAX_QUEUE_SIZE = 32768       # virtio 2.7: "Queue Size ... The maximum Queue Size value is 32768"
+
+
+class VhostUserBackend:
+    """Serves one device to one front-end at a time; disconnect() readies it for the next."""
+
+    def __init__(self, device, *, runner_factory=InlineRunner):
+        self.device = device
+        self.runner_factory = runner_factory
+        self.memory = None
+        self.backend_req_fd = None
+        self.runner = None
+        self.watchers = []
+        self.vrings = [Vring(i) for i in range(len(device.queue_names))]
+        self.features = 0
+        self.protocol_features = 0
+        self.owned = False
+        self.errors = []          # (vring index, error) for rings stopped by an error
+        device.on_config_change = self._config_changed
+        self._handlers = {
+            P.GET_FEATURES: self._get_features, P.SET_FEATURES: self._set_features,
+            P.GET_PROTOCOL_FEATURES: self._get_protocol_features,
+            P.SET_PROTOCOL_FEATURES: self._set_protocol_features,
+            P.SET_OWNER: self._set_owner, P.RESET_OWNER: self._reset_owner,
+            P.RESET_DEVICE: self._reset_device, P.SET_MEM_TABLE: self._set_mem_table,
+            P.SET_VRING_NUM: self._set_vring_num, P.SET_VRING_ADDR: self._set_vring_addr,
+            P.SET_VRING_BASE: self._set_vring_base, P.GET_VRING_BASE: self._get_vring_base,
+            P.SET_VRING_KICK: self._set_vring_kick, P.SET_VRING_CALL: self._set_vring_call,
+            P.SET_VRING_ERR: self._set_vring_err, P.SET_VRING_ENABLE: self._set_vring_enable,
+            P.GET_QUEUE_NUM: self._get_queue_num, P.GET_CONFIG: self._get_config,
+            P.SET_CONFIG: self._set_config, P.SET_BACKEND_REQ_FD: self._set_backend_req_fd,
+        }
+
+    # -- what we offer -------------------------------------------------------------
+    def offered_features(self):
+        return (self.device.features | virtio.bit(virtio.F_VERSION_1)
+                | virtio.bit(P.F_PROTOCOL_FEATURES))
+
+    def offered_protocol_features(self):
+        # virtio_uml takes CONFIG (and BACKEND_REQ for config changes); QEMU uses the rest.
+        offered = (virtio.bit(P.PROTOCOL_F_REPLY_ACK) | virtio.bit(P.PROTOCOL_F_CONFIG)
+                   | virtio.bit(P.PROTOCOL_F_RESET_DEVICE) | virtio.bit(P.PROTOCOL_F_BACKEND_REQ))
+        if len(self.vrings) > 1:
+            offered |= virtio.bit(P.PROTOCOL_F_MQ)
+        return offered
+
+    @property
+    def negotiated(self):
+        """The virtio features the device sees: bit 30 is vhost-user's, not virtio's."""
+        return self.features & ~virtio.bit(P.F_PROTOCOL_FEATURES)
+
+    # -- the message loop's entry point --------------------------------------------------
+    def handle(self, msg):
+        """Act on one message; return the reply to send (bytes) or None."""
+        try:
+            handler = self._handlers.get(msg.request)
+            if handler is None:
+                if msg.need_reply:
+                    raise P.RequestError("unsupported request", detail=msg.name)
+                raise P.ProtocolError("unsupported request", detail=msg.name)
+            answer = handler(msg)
+        except P.ProtocolError:
+            raise
+        except GuestError as e:
+            log.warning("vhost-user %s: %s refused: %s", self.device.name, msg.name, e)
+            if msg.request in ANSWERED:
+                raise P.ProtocolError(e.rule, detail=e.detail) from e
+            return P.encode_reply(msg.request, P.pack_u64(1)) if msg.need_reply else None
+        finally:
+            for fd in msg.fds:             # anything a message carried but did not need
+                os.close(fd)
+            msg.fds.clear()
+        if msg.request in ANSWERED:
+            return P.encode_reply(msg.request, answer)
+        if msg.need_reply:
+            return P.encode_reply(msg.request, P.pack_u64(0))
+        return None
+
+    # -- features --------------------------------------------------------------------
+    def _get_features(self, msg):
+        return P.pack_u64(self.offered_features())
+
+    def _set_features(self, msg):
+        value = P.decode_u64(msg)
+        if value & ~self.offered_features():
+            # The seed's check when the driver writes guest_feature (PCI).
+            raise P.RequestError("over-accepted features",
+                                 detail=f"{value:#x} of {self.offered_features():#x}")
+        self.features = value
+        if any(v.serving for v in self.vrings):
+            self._restart_serving()
+
+    def _get_protocol_features(self, msg):
+        return P.pack_u64(self.offered_protocol_features())
+
+    def _set_protocol_features(self, msg):
+        value = P.decode_u64(msg)
+        if value & ~self.offered_protocol_features():
+            raise P.RequestError("over-accepted protocol features",
+                                 detail=f"{value:#x} of {self.offered_protocol_features():#x}")
+        self.protocol_features = value
+
+    def _get_queue_num(self, msg):
+        return P.pack_u64(len(self.vrings))
+
+    # -- ownership and reset -----------------------------------------------------------
+    def _set_owner(self, msg):
+        self.owned = True
+
+    def _reset_owner(self, msg):
+        self.disconnect()
+
+    def _reset_device(self, msg):
+        #L:728 RESET_DEVICE: "disable all rings and reset all internal device state to the
+        # initial state, ready to be reinitialized. The back-end retains ownership of the
+        # device throughout the reset operation." Memory and protocol features stay.
+        self._reset_rings()
+        self.features = 0
+
+    def _reset_rings(self):
+        self._stop_serving()
+        for v in self.vrings:
+            v.close_fds()
+        self.vrings = [Vring(i) for i in range(len(self.vrings))]
+        self.device.reset()
+
+    def disconnect(self):
+        """The front-end went away (or said RESET_OWNER): forget it entirely."""
+        self._reset_rings()
+        if self.memory is not None:
+            self.memory.close()
+            self.memory = None
+        if self.backend_req_fd is not None:
+            os.close(self.backend_req_fd)
+            self.backend_req_fd = None
+        self.features = self.protocol_features = 0
+        self.owned = False
+
+    def close(self):
+        self.disconnect()
+        self.device.close()
+
+    # -- memory ------------------------------------------------------------------------
+    def _set_mem_table(self, msg):
+        regions, fds = P.decode_mem_table(msg)
+        try:
+            memory = RegionMemory(regions, fds)
+        finally:
+            for fd in fds:                 # mmap holds its own reference to each file
+                os.close(fd)
+        # Rings read through the old mapping until they stop; only then may it go.
+        serving = any(v.serving for v in self.vrings)
+        self._stop_serving()
+        old, self.memory = self.memory, memory
+        if old is not None:
+            old.close()
+        for region in regions:
+            log.info("vhost-user %s: region guest %#x-%#x user %#x", self.device.name,
+                     region.guest_addr, region.guest_addr + region.size, region.user_addr)
+        if serving:
+            self._restart_serving()
+
+    # -- rings -------------------------------------------------------------------------
+    def _vring(self, index):
+        if not 0 <= index < len(self.vrings):
+            raise P.RequestError("invalid vring index",
+                                 detail=f"{index} of {len(self.vrings)} queues")
+        return self.vrings[index]
+
+    def _changing(self, vring):
+        """A ring's set-up changes: stop serving it now, re-set-up clears a past error."""
+        vring.broken = False
+        return vring.serving
+
+    def _set_vring_num(self, msg):
+        index, num = P.decode_state(msg)
+        vring = self._vring(index)
+        # virtio 2.7: "Queue Size value is always a power of 2. The maximum Queue Size
+        # value is 32768." (The seed: "invalid queue size".)
+        if num == 0 or num & (num - 1) or num > MAX_QUEUE_SIZE:
+            raise P.RequestError("invalid queue size", queue=index, detail=str(num))
+        live = self._changing(vring)
+        vring.num = num
+        if live:
+            self._restart_serving()
+
+    def _set_vring_addr(self, msg):
+        addr = P.decode_vring_addr(msg)
+        vring = self._vring(addr.index)
+        if self.memory is not None:
+            self._ring_parts(addr, vring.num)      # refuse a ring we could never reach
+        live = self._changing(vring)
+        vring.addr = addr
+        if live:
+            self._restart_serving()
+
+    def _set_vring_base(self, msg):
+        index, base = P.decode_state(msg)
+        vring = self._vring(index)
+        if base > 0xFFFF:
+            raise P.RequestError("invalid vring base", queue=index, detail=str(base))
+        live = self._changing(vring)
+        vring.base = base
+        if live:
+            self._restart_serving()
+
+    def _get_vring_base(self, msg):
+        #L:724 GET_VRING_BASE is the front-end's "stop": "the back-end must stop the ring
+        # and return the last available index". Stopping joins the ring's thread, so the
+        # index we return is final; a later SET_VRING_BASE/KICK starts where it left off.
+        index, _ = P.decode_state(msg)
+        vring = self._vring(index)
+        was_serving = vring.serving
+        vring.started = False
+        if was_serving:
+            self._restart_serving()
+        vring.replace_fd("kick_fd", None)
+        return P.pack_state(index, vring.base)
+
+    def _set_vring_kick(self, msg):
+        #L:722 SET_VRING_KICK starts the ring. "If VHOST_USER_F_PROTOCOL_FEATURES has not
+        # been negotiated, the ring starts directly in the enabled state. If it has been
+        # negotiated, the ring is initialized in a disabled state and is enabled by
+        # SET_VRING_ENABLE with parameter 1." (virtio_uml negotiates it, then enables.)
+        index, fd = P.decode_vring_fd(msg)
+        try:
+            vring = self._vring(index)
+            if fd is None:
+                raise P.RequestError("polled rings are not supported", queue=index)
+        except GuestError:
+            if fd is not None:
+                os.close(fd)
+            raise
+        self._changing(vring)
+        self._stop_serving()
+        vring.replace_fd("kick_fd", fd)
+        vring.started = True
+        if not self.features & virtio.bit(P.F_PROTOCOL_FEATURES):
+            vring.enabled = True
+        self._restart_serving()
+
+    def _set_vring_fd(self, msg, attribute):
+        index, fd = P.decode_vring_fd(msg)
+        try:
+            vring = self._vring(index)
+        except GuestError:
+            if fd is not None:
+                os.close(fd)
+            raise
+        if fd is not None:
+            set_nonblocking(fd)
+        vring.replace_fd(attribute, fd)
+
+    def _set_vring_call(self, msg):
+        self._set_vring_fd(msg, "call_fd")
+
+    def _set_vring_err(self, msg):
+        self._set_vring_fd(msg, "err_fd")
+
+    def _set_vring_enable(self, msg):
+        index, enable = P.decode_state(msg)
+        vring = self._vring(index)
+        if enable not in (0, 1):
+            raise P.RequestError("invalid vring enable", queue=index, detail=str(enable))
+        if vring.enabled != bool(enable):
+            vring.enabled = bool(enable)
+            self._restart_serving()
+
+    # -- config space ------------------------------------------------------------------
+    def _get_config(self, msg):
+        access = P.decode_config(msg)
+        # Linux reads the config struct from offset 0 up to the field it wants, which
+        # may be past what this device defines (a feature it lacks): those bytes read
+        # as zero, as unimplemented PCI config does, rather than failing the read.
+        config = bytes(self.device.config)
+        data = config[access.offset:access.offset + access.size]
+        data += bytes(access.size - len(data))
+        return P.pack_config(access.offset, data, access.flags)
+
+    def _set_config(self, msg):
+        access = P.decode_config(msg)
+        if access.size:
+            self.device.write_config(access.offset, access.size,
+                                     int.from_bytes(access.data, "little"))
+
+    def _set_backend_req_fd(self, msg):
+        fd = P.take_fd(msg)
+        if self.backend_req_fd is not None:
+            os.close(self.backend_req_fd)
+        self.backend_req_fd = fd
+
+    def _config_changed(self):
+        """The host changed the device's config: tell the front-end, if it listens."""
+        if self.backend_req_fd is None:
+            return
+        try:
+            os.write(self.backend_req_fd, P.encode(P.BACKEND_CONFIG_CHANGE_MSG))
+        except OSError as e:
+            log.warning("vhost-user %s: config change not delivered: %s", self.device.name, e)
+
+    # -- serving -----------------------------------------------------------------------
+    def _ring_parts(self, addr, num):
+        """Guest-physical (desc, avail, used) of a ring given in user addresses."""
+        if self.memory is None:
+            raise P.RequestError("ring set up before memory table", queue=addr.index)
+        n = max(num, 1)
+        # The whole of each part, event fields included (virtio 2.7.5-2.7.8).
+        desc = self.memory.user_to_guest(addr.desc, virtio.DESC_SIZE * n)
+        avail = self.memory.user_to_guest(addr.avail, 6 + 2 * n)
+        used = self.memory.user_to_guest(addr.used, 6 + virtio.USED_ELEM_SIZE * n)
+        # virtio 2.7: "Descriptor Table 16, Available Ring 2, Used Ring 4" alignment.
+        if desc % 16 or avail % 2 or used % 4:
+            raise P.RequestError("invalid alignment in queue addresses", queue=addr.index,
+                                 detail=f"desc {desc:#x} avail {avail:#x} used {used:#x}")
+        return desc, avail, used
+
+    def _build_queue(self, vring):
+        if vring.addr is None or not vring.num:
+            raise P.RequestError("ring started before its size and address", queue=vring.index)
+        desc, avail, used = self._ring_parts(vring.addr, vring.num)
+        queue = Virtqueue(self.memory, vring.num, desc, avail, used, features=self.negotiated,
+                          name=self.device.queue_names[vring.index], device=self.device.name,
+                          last_avail_idx=vring.base)
+        # The queue takes its used index from the ring itself, as the kernel's vhost
+        # does, so a restarted ring continues where the used ring says it is.
+        return queue
+
+    def _stop_serving(self):
+        """Join every ring thread, stop the runner, keep each ring's place."""
+        for watcher in self.watchers:
+            watcher.stop()
+        self.watchers = []
+        if self.runner is not None:
+            self.runner.stop()
+            self.runner = None
+        for vring in self.vrings:
+            if vring.queue is not None:
+                vring.base = vring.queue.last_avail_idx
+                vring.queue = None
+
+    def _restart_serving(self):
+        """Serve exactly the rings that are started and enabled, each from its base."""
+        self._stop_serving()
+        self.device.reset()
+        queues = [None] * len(self.vrings)
+        for vring in self.vrings:
+            if not vring.serving:
+                continue
+            try:
+                vring.queue = queues[vring.index] = self._build_queue(vring)
+            except GuestError as e:
+                self._ring_error(vring, e)
+        live = [v for v in self.vrings if v.queue is not None]
+        if not live:
+            return
+        self.device.activate(queues, self.negotiated)
+        self.runner = self.runner_factory()
+        self.runner.start(self.device, self._interrupt)
+        for vring in live:
+            watcher = KickWatcher(vring, self.runner.kick, self._ring_error)
+            self.watchers.append(watcher)
+            watcher.start()
+
+    def _interrupt(self, queue_index):
+        signal_fd(self.vrings[queue_index].call_fd)
+
+    def _ring_error(self, vring, error):
+        if isinstance(error, GuestError):
+            error.where(self.device.name, self.device.queue_names[vring.index])
+        log.error("vhost-user %s: %s; vq %d no longer served", self.device.name, error, vring.index)
+        vring.broken = True
+        self.errors.append((vring.index, error))
+        signal_fd(vring.err_fd)

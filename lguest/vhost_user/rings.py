@@ -1,0 +1,129 @@
+"""Per-ring state and the threads that turn kick eventfds into process() calls.
+
+#L:730 In a PCI guest a kick is a write to a notify register that traps into us; here
+# it is the front-end writing to an eventfd it handed over with SET_VRING_KICK. Each
+# live ring gets a KickWatcher thread blocked in poll() on that fd (and on a private
+# stop fd, so the socket thread can take the ring down at any moment). On a kick it
+# drains the eventfd and asks the DeviceRunner (L:310) to serve the queue; with the
+# InlineRunner that is a direct call on this thread, so a block request costs one
+# wake-up and no hand-over. Errors in the ring are the front-end's guest's fault:
+# lenient, as vhost-user back-ends are, we log one line, stop serving that ring, and
+# signal its error eventfd (SET_VRING_ERR), while the other rings and the server go on.
+#
+# The reverse direction is the call fd (SET_VRING_CALL): writing a u64 1 to it is the
+# interrupt. virtio_uml hands us the write end of a pipe rather than an eventfd, so
+# the write is non-blocking and a full pipe (an interrupt already pending) is fine.
+"""
+
+import logging
+import os
+import select
+import struct
+import threading
+
+from ..errors import GuestError
+
+log = logging.getLogger("lguest.vhost_user")
+
+ONE = struct.pack("<Q", 1)
+
+
+class Vring:
+    """What the front-end has told us about one ring, kept across stops and starts."""
+
+    def __init__(self, index):
+        self.index = index
+        self.num = 0
+        self.addr = None          # protocol.VringAddr, in the front-end's user addresses
+        self.base = 0             # next avail index to serve (SET/GET_VRING_BASE)
+        self.kick_fd = None
+        self.call_fd = None
+        self.err_fd = None
+        self.started = False      # a kick fd arrived and GET_VRING_BASE has not stopped it
+        self.enabled = False      # SET_VRING_ENABLE (or on by default, see L:722)
+        self.broken = False       # the guest broke a rule on it: not served until re-set-up
+        self.queue = None         # the Virtqueue while served
+
+    @property
+    def serving(self):
+        return self.started and self.enabled and not self.broken
+
+    def replace_fd(self, attribute, fd):
+        old = getattr(self, attribute)
+        setattr(self, attribute, fd)
+        if old is not None:
+            os.close(old)
+
+    def close_fds(self):
+        for attribute in ("kick_fd", "call_fd", "err_fd"):
+            self.replace_fd(attribute, None)
+
+
+def signal_fd(fd):
+    """Write a u64 1 to an eventfd or pipe; never block, never raise."""
+    if fd is None:
+        return
+    try:
+        os.write(fd, ONE)
+    except BlockingIOError:
+        pass                      # a pipe full of pending interrupts: one more adds nothing
+    except OSError as e:
+        log.warning("vhost-user: cannot signal fd %d: %s", fd, e)
+
+
+def set_nonblocking(fd):
+    os.set_blocking(fd, False)
+
+
+class KickWatcher:
+    """A thread serving one ring each time its kick fd fires, until stop()."""
+
+    def __init__(self, vring, serve, on_error):
+        self.vring = vring
+        self._serve = serve            # serve(queue_index): the runner's kick
+        self._on_error = on_error      # on_error(vring, exception)
+        self._stop_r, self._stop_w = os.pipe()
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name=f"vhost-user-vq{vring.index}")
+
+    def start(self):
+        self._thread.start()
+
+    def stop(self):
+        os.write(self._stop_w, b"x")
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join()
+        os.close(self._stop_r)
+        os.close(self._stop_w)
+
+    def _run(self):
+        poller = select.poll()
+        poller.register(self.vring.kick_fd, select.POLLIN)
+        poller.register(self._stop_r, select.POLLIN)
+        # Buffers may already wait (a restarted ring, or a kick sent before the fd was
+        # watched), so serve once before the first wait.
+        if not self._serve_once():
+            return
+        while True:
+            events = poller.poll()
+            if any(fd == self._stop_r for fd, _ in events):
+                return
+            try:
+                os.read(self.vring.kick_fd, 8)
+            except BlockingIOError:
+                pass
+            except OSError as e:
+                log.warning("vhost-user: vq %d kick fd: %s; ring stopped", self.vring.index, e)
+                return
+            if not self._serve_once():
+                return
+
+    def _serve_once(self):
+        try:
+            self._serve(self.vring.index)
+            return True
+        except GuestError as e:
+            self._on_error(self.vring, e)
+        except Exception as e:        # a host error (disk gone, tap down): same treatment
+            self._on_error(self.vring, e)
+        return False

@@ -1,0 +1,153 @@
+"""The socket side: accept a front-end, read its messages with their fds, reply.
+
+#L:740 One front-end at a time, as vhost-user intends (a device has one driver). The
+# socket thread reads a 12-byte header with recvmsg() -- a sender's SCM_RIGHTS fds
+# arrive with the first byte of its message, so with the header -- then exactly the
+# payload the header announces, hands the Message to the backend (L:720) and writes
+# back any reply. Device work never happens here: rings are served on their own
+# threads (L:730), so a slow disk cannot stall SET_VRING_* traffic.
+#
+# When the front-end hangs up, or sends something malformed, the connection closes
+# and the backend forgets everything it was told (rings, memory, features), ready for
+# the next front-end; a UML guest that reboots simply connects again.
+"""
+
+import array
+import logging
+import os
+import socket
+import stat
+import threading
+
+from ..errors import LauncherError
+from . import protocol as P
+
+log = logging.getLogger("lguest.vhost_user")
+
+_FD_SPACE = socket.CMSG_SPACE(P.MAX_FDS * array.array("i").itemsize)
+
+
+class Disconnected(Exception):
+    """The front-end closed its end."""
+
+
+def _fds_from(ancdata, flags):
+    fds = []
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            usable = len(data) - len(data) % array.array("i").itemsize
+            fds.extend(array.array("i", data[:usable]))
+    if flags & socket.MSG_CTRUNC:
+        for fd in fds:
+            os.close(fd)
+        raise P.ProtocolError("too many file descriptors", detail=f"more than {P.MAX_FDS}")
+    return fds
+
+
+def _recv_exact(conn, length, fds):
+    """Read exactly `length` bytes, collecting any fds that come along."""
+    buf = bytearray()
+    while len(buf) < length:
+        data, ancdata, flags, _ = conn.recvmsg(length - len(buf), _FD_SPACE)
+        fds.extend(_fds_from(ancdata, flags))
+        if not data:
+            if buf:
+                raise P.ProtocolError("truncated message", detail=f"{len(buf)} of {length} bytes")
+            raise Disconnected()
+        buf += data
+    return bytes(buf)
+
+
+def read_message(conn):
+    """One whole message from the socket; Disconnected at a clean end of stream."""
+    fds = []
+    try:
+        request, flags, size = P.parse_header(_recv_exact(conn, P.HEADER.size, fds))
+        payload = _recv_exact(conn, size, fds) if size else b""
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return P.Message(request, flags, payload, fds)
+
+
+def serve_connection(backend, conn):
+    """Run one front-end's session to its end; the backend is reset afterwards."""
+    try:
+        while True:
+            try:
+                msg = read_message(conn)
+            except Disconnected:
+                log.info("vhost-user %s: front-end disconnected", backend.device.name)
+                return
+            log.debug("vhost-user %s: <- %s %r", backend.device.name, msg.name, msg.payload[:40])
+            reply = backend.handle(msg)
+            if reply is not None:
+                conn.sendall(reply)
+    except P.ProtocolError as e:
+        log.error("vhost-user %s: %s; closing the connection", backend.device.name, e)
+    except OSError as e:
+        log.error("vhost-user %s: connection error: %s", backend.device.name, e)
+    finally:
+        backend.disconnect()
+        conn.close()
+
+
+class VhostUserServer:
+    """A unix socket serving one backend to one front-end at a time."""
+
+    def __init__(self, backend, path):
+        self.backend = backend
+        self.path = path
+        self._stopping = threading.Event()
+        self.connections = 0
+        self._conn = None
+        try:
+            if os.path.exists(path) and stat.S_ISSOCK(os.stat(path).st_mode):
+                os.unlink(path)       # a stale socket from a previous run
+            self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.listener.bind(path)
+            self.listener.listen(1)
+        except OSError as e:
+            raise LauncherError(f"cannot listen on {path}: {e.strerror}") from e
+
+    def serve_forever(self):
+        while not self._stopping.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                if self._stopping.is_set():
+                    return
+                raise
+            self.connections += 1
+            self._conn = conn
+            log.info("vhost-user %s: front-end connected on %s", self.backend.device.name, self.path)
+            serve_connection(self.backend, conn)
+            self._conn = None
+
+    def serve_in_thread(self):
+        thread = threading.Thread(target=self.serve_forever, daemon=True, name="vhost-user-server")
+        thread.start()
+        return thread
+
+    def close(self):
+        self._stopping.set()
+        conn = self._conn
+        if conn is not None:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)   # ends the session's recvmsg
+            except OSError:
+                pass
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.listener.close()
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
