@@ -1,0 +1,219 @@
+"""The PCI bus, and the one entry point every backend calls for a port or MMIO access.
+
+#L:430 Every guest access we emulate arrives here as (space, address, size, is_write,
+# value), whichever backend trapped it: the lguest backend decoding an `in` or a `mov`
+# (L:500 onwards), a KVM exit, or the fake backend's scripted trap. Port accesses
+# reach the two PCI configuration ports (configuration mechanism #1: an address latch
+# at 0xCF8, a data window at 0xCFC) or nothing; MMIO accesses reach the BAR0 of one
+# device. Slot 0 holds a dummy host bridge, because Linux expects one; devices take
+# slots 1-31 in the order they are added (the console first), each with its own
+# interrupt line and a window of MMIO above the guest's RAM.
+"""
+
+import bisect
+
+from ..errors import GuestError, LauncherError
+from ..memory import PAGE_SIZE, MmioAllocator
+from .config import (CONFIG_SIZE, SIZE_MASKS, WINDOW_DATA_WORD, init_pci_host_bridge, ioread,
+                     iowrite, virtio_pci_config)
+from .transport import BAR0_LAYOUT, VirtioPciTransport
+
+PIO = "pio"
+MMIO = "mmio"
+
+PCI_CONFIG_ADDR = 0xCF8
+PCI_CONFIG_DATA = 0xCFC
+PS2_KEYBOARD_STATUS = 0x64
+MAX_PCI_DEVICES = 32        # 5-bit device number in PCI_CONFIG_ADDR
+DEVICE_PAGES = 256          # the seed leaves this much room between RAM and MMIO
+
+
+class UnclaimedAccess(GuestError):
+    """An access no device accepts. The seed warned and re-injected the trap into the
+    guest (a #GP for ports, a page fault for MMIO): `trap` says which, for a backend
+    that can do the same. Uncaught, it is a guest error like any other."""
+
+    def __init__(self, rule, *, trap, detail=None):
+        super().__init__(rule, device="pci", detail=detail)
+        self.trap = trap
+
+
+#L:431 The address latch: what the guest wrote to 0xCF8 says what 0xCFC means.
+#   bit 31 enable, bits 23-16 bus, 15-11 device, 10-8 function, 7-2 register.
+# Like the seed's dev_and_reg(): one bus, one function, and only registers inside our
+# struct pci_config; anything else is no one, and reads as all ones.
+def decode_config_address(latch):
+    return {"enabled": latch >> 31, "bus": (latch >> 16) & 0xFF, "device": (latch >> 11) & 0x1F,
+            "function": (latch >> 8) & 0x7, "register": (latch >> 2) & 0x3F}
+
+
+class PciBus:
+    """Up to 31 virtio devices behind a host bridge, reached by port and MMIO."""
+
+    def __init__(self, memory, mmio_base=None):
+        self.memory = memory
+        if mmio_base is None:
+            mmio_base = memory.size + DEVICE_PAGES * PAGE_SIZE
+        self.mmio_base = mmio_base
+        self._allocator = MmioAllocator(mmio_base)
+        self.configs = [None] * MAX_PCI_DEVICES
+        self.configs[0] = init_pci_host_bridge()
+        self.slots = [None] * MAX_PCI_DEVICES       # transports by slot
+        self.devices = []                           # transports in the order added
+        self.config_address = 0                     # the 0xCF8 latch
+        self.irq_sink = lambda irq_line: None       # the backend sets this
+        self._next_irq = 1
+        self._window_starts = []                    # sorted BAR0 addresses
+        self._window_owners = []
+
+    @property
+    def mmio_limit(self):
+        """One past the last MMIO window handed out."""
+        return self._allocator.limit
+
+    #L:432 new_pci_device() and set_device_config(): a device gets the next slot
+    # and interrupt line, a BAR0 window big enough for the common config, notify,
+    # ISR and its own config (a power of two, from the allocator above RAM: L:100),
+    # and the config space that describes all of it (L:404).
+    def add_device(self, device, runner=None):
+        slot = len(self.devices) + 1
+        if slot >= MAX_PCI_DEVICES:
+            raise LauncherError(f"Can only handle {MAX_PCI_DEVICES - 1} PCI devices")
+        irq_line = self._next_irq
+        self._next_irq += 1
+        transport = VirtioPciTransport(device, self.memory, runner=runner, irq_line=irq_line,
+                                       raise_irq=lambda: self.irq_sink(irq_line))
+        transport.mmio_addr = self._allocator.allocate(transport.mmio_size)
+        transport.slot = slot
+        transport.pci_config = virtio_pci_config(device.device_id, irq_line, BAR0_LAYOUT,
+                                                 len(device.config), transport.mmio_addr,
+                                                 name=device.name)
+        self.configs[slot] = transport.pci_config
+        self.slots[slot] = transport
+        self.devices.append(transport)
+        self._window_starts.append(transport.mmio_addr)
+        self._window_owners.append(transport)
+        return transport
+
+    def reset_all(self):
+        """The seed's cleanup_devices(): reset every device (stops its runner)."""
+        for transport in self.devices:
+            transport.reset()
+
+    # -- the one entry point ----------------------------------------------------------
+    def access(self, space, addr, size, is_write, value=0):
+        """Emulate one guest access. Reads return the value read; writes return 0."""
+        if space == MMIO:
+            found = self.find_mmio_region(addr)
+            if found is None:
+                raise UnclaimedAccess("MMIO touching (not a device)", trap=14,
+                                      detail=f"{addr:#x}")
+            transport, off = found
+            if is_write:
+                transport.emulate_mmio_write(off, size, value)
+                return 0
+            return transport.emulate_mmio_read(off, size)
+        if space != PIO:
+            raise ValueError(f"unknown address space {space!r}")
+        if size not in SIZE_MASKS:
+            raise UnclaimedAccess("Attempt to access port", trap=13, detail=f"{size}-byte at {addr:#x}")
+        if is_write:
+            self._port_write(addr, size, value)
+            return 0
+        return self._port_read(addr, size)
+
+    def find_mmio_region(self, paddr):
+        """(transport, offset in its BAR0), or None: windows are sorted, so bisect."""
+        i = bisect.bisect_right(self._window_starts, paddr) - 1
+        if i < 0:
+            return None
+        transport = self._window_owners[i]
+        off = paddr - transport.mmio_addr
+        if off >= transport.mmio_size:
+            return None
+        return transport, off
+
+    # -- ports ------------------------------------------------------------------------
+    #L:433 Port reads. "Default is to return all-ones on IO port reads, which
+    # traditionally means 'there's nothing there'"; the PS/2 keyboard status port says
+    # 1, "ready for output", so the guest's keyboard probe does not wait forever.
+    def _port_read(self, port, size):
+        if port == PS2_KEYBOARD_STATUS:
+            return 1
+        if PCI_CONFIG_ADDR <= port < PCI_CONFIG_ADDR + 4:
+            return ioread(self.config_address, port - PCI_CONFIG_ADDR, size)
+        if PCI_CONFIG_DATA <= port < PCI_CONFIG_DATA + 4:
+            return self._config_read(port - PCI_CONFIG_DATA, size)
+        return SIZE_MASKS[size]
+
+    # "There are many other ports, eg. CMOS clock, serial and parallel ports, so we
+    # ignore them all." A refused config write is the seed's bad_io: the trap goes back.
+    def _port_write(self, port, size, value):
+        if PCI_CONFIG_ADDR <= port < PCI_CONFIG_ADDR + 4:
+            self.config_address = iowrite(self.config_address, port - PCI_CONFIG_ADDR, size, value)
+        elif PCI_CONFIG_DATA <= port < PCI_CONFIG_DATA + 4:
+            if not self._config_write(port - PCI_CONFIG_DATA, size, value):
+                raise UnclaimedAccess("Attempt to write to port", trap=13,
+                                      detail=f"port {port} ({SIZE_MASKS[size]:#x} mask) "
+                                             f"address {self.config_address:#x}")
+
+    def dev_and_reg(self):
+        """(slot, config, word register) the latch points at, or None."""
+        a = decode_config_address(self.config_address)
+        if not a["enabled"] or a["function"] != 0 or a["bus"] != 0:
+            return None
+        if a["register"] * 4 >= CONFIG_SIZE:
+            return None
+        config = self.configs[a["device"]]
+        if config is None:
+            return None
+        return a["device"], config, a["register"]
+
+    def _config_read(self, portoff, size):
+        found = self.dev_and_reg()
+        if found is None:
+            return SIZE_MASKS[size]
+        slot, config, reg = found
+        if reg == WINDOW_DATA_WORD:
+            self._window_read(slot, config)
+        return config.read(reg, portoff, size)
+
+    def _config_write(self, portoff, size, value):
+        found = self.dev_and_reg()
+        if found is None:
+            return False
+        slot, config, reg = found
+        if reg == WINDOW_DATA_WORD:
+            return self._window_write(slot, config, portoff, size, value)
+        return config.write(reg, portoff, size, value)
+
+    #L:434 The VIRTIO_PCI_CAP_PCI_CFG window: "a backdoor to access the MMIO regions
+    # without mapping them. Weird, but useful." 4.1.4.7.1: "Upon detecting driver read
+    # access to pci_cfg_data, the device MUST execute a read access of length cap.length
+    # at offset cap.offset at BAR selected by cap.bar and store the first cap.length
+    # bytes in pci_cfg_data", and likewise for writes. The access width is cap.length,
+    # *not* that of the port access. A bad window read is the driver's fault (the seed's
+    # "Invalid cfg_access"); a bad window write is refused like any other (L:403).
+    def _window_read(self, slot, config):
+        if not config.valid_bar_access():
+            raise GuestError("Invalid cfg_access to bar", device=config.name,
+                             detail=f"bar {config['cfg_access.bar']} offset "
+                                    f"{config['cfg_access.offset']} len {config['cfg_access.length']}")
+        transport = self.slots[slot]
+        config["cfg_access.pci_cfg_data"] = transport.emulate_mmio_read(
+            config["cfg_access.offset"], config["cfg_access.length"])
+
+    def _window_write(self, slot, config, portoff, size, value):
+        if not config.valid_bar_access():
+            return False
+        data = iowrite(config["cfg_access.pci_cfg_data"], portoff, size, value)
+        config["cfg_access.pci_cfg_data"] = data
+        length = config["cfg_access.length"]
+        self.slots[slot].emulate_mmio_write(config["cfg_access.offset"], length,
+                                            data & SIZE_MASKS[length])
+        return True
+
+    def describe(self):
+        """One line per device, for the launcher's --verbose."""
+        return [f"device {t.slot}: {t.name} irq {t.irq_line} bar0 {t.mmio_addr:#x}+{t.mmio_size:#x}"
+                for t in self.devices]
