@@ -1,7 +1,7 @@
 """The PCI configuration space of one device: the seed's struct pci_config.
 
 #L:400 We do PCI. This is mainly done to let us test the kernel virtio PCI code
-# (the seed's L:217), and it is what every modern virtio driver expects. Each device
+# (the seed's comment 217), and it is what every modern virtio driver expects. Each device
 # presents 152 bytes of config space: the standard type-0 header, then a chain of
 # vendor-specific capabilities that tell the driver where in BAR0 to find the virtio
 # structures: common config -> notify -> ISR -> the PCI_CFG access window -> device
