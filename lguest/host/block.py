@@ -1,0 +1,60 @@
+"""The block device's store: a file (or block device) read and written in place.
+
+#L:910 The disk's host side. We open the file and store its length, as the seed
+# did; every request then goes straight between guest memory and the file with
+# os.preadv/os.pwritev on the chain's memoryviews: positioned, so no lseek and no
+# shared file offset between threads, and no copy of the data in between. A flush is
+# fdatasync(). A read-only image is opened O_RDONLY, so even a bug of ours could not
+# write to it.
+"""
+
+import errno
+import os
+
+from ..devices.base import iov_skip
+from ..errors import LauncherError
+
+IOV_MAX = 1024          # os.preadv refuses more buffers than this in one call
+
+
+class FileStore:
+    """size, readv_at, writev_at, flush, close: the store interface of BlockDevice."""
+
+    def __init__(self, path, read_only=False):
+        flags = (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC
+        try:
+            self.fd = os.open(path, flags)
+        except OSError as e:
+            raise LauncherError(f"Failed to open {path}: {e.strerror}") from None
+        self.path = path
+        self.read_only = read_only
+        self.size = os.lseek(self.fd, 0, os.SEEK_END)
+
+    def readv_at(self, offset, views):
+        return self._transfer(os.preadv, offset, views)
+
+    def writev_at(self, offset, views):
+        if self.read_only:
+            raise OSError(errno.EBADF, "image is read-only")
+        return self._transfer(os.pwritev, offset, views)
+
+    def _transfer(self, call, offset, views):
+        """preadv/pwritev until every buffer is done: both may stop short."""
+        views = iov_skip(views, 0)          # drops empty buffers
+        total = 0
+        while views:
+            n = call(self.fd, views[:IOV_MAX], offset)
+            if n <= 0:
+                raise OSError(errno.EIO, f"{self.path}: unexpected end of file at {offset}")
+            total += n
+            offset += n
+            views = iov_skip(views, n)
+        return total
+
+    def flush(self):
+        os.fdatasync(self.fd)
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
