@@ -161,6 +161,10 @@ class DriverQueue:
         bufs = [(a, n, 0) for a, n in readable] + [(a, n, VRING_DESC_F_WRITE) for a, n in writable]
         if not bufs:
             raise DriverError("a chain needs at least one buffer")
+        # 2.4.5.3.1: "A driver MUST NOT create a descriptor chain longer than the Queue
+        # Size of the device", indirect or not.
+        if len(bufs) > self.size:
+            raise DriverError(f"a chain of {len(bufs)} buffers is longer than the ring ({self.size})")
         if indirect is None:
             indirect = self.indirect and len(bufs) > 1 and self.num_free > 0
         table = None
