@@ -16,14 +16,14 @@
 
 import logging
 import os
+import threading
 
 from .. import virtio
-from ..devices.base import InlineRunner
 from ..errors import GuestError
 from ..virtqueue import Virtqueue
 from . import protocol as P
 from .memory import RegionMemory
-from .rings import KickWatcher, Vring, set_nonblocking, signal_fd
+from .rings import DirectRunner, KickWatcher, Vring, set_nonblocking, signal_fd
 
 log = logging.getLogger("lguest.vhost_user")
 
@@ -37,7 +37,7 @@ MAX_QUEUE_SIZE = 32768       # virtio 2.7: "Queue Size ... The maximum Queue Siz
 class VhostUserBackend:
     """Serves one device to one front-end at a time; disconnect() readies it for the next."""
 
-    def __init__(self, device, *, runner_factory=InlineRunner):
+    def __init__(self, device, *, runner_factory=DirectRunner):
         self.device = device
         self.runner_factory = runner_factory
         self.memory = None
@@ -49,6 +49,8 @@ class VhostUserBackend:
         self.protocol_features = 0
         self.owned = False
         self.errors = []          # (vring index, error) for rings stopped by an error
+        # The socket thread and whoever shuts us down may both reach for the rings.
+        self._lock = threading.RLock()
         device.on_config_change = self._config_changed
         self._handlers = {
             P.GET_FEATURES: self._get_features, P.SET_FEATURES: self._set_features,
@@ -85,6 +87,10 @@ class VhostUserBackend:
     # -- the message loop's entry point --------------------------------------------------
     def handle(self, msg):
         """Act on one message; return the reply to send (bytes) or None."""
+        with self._lock:
+            return self._handle(msg)
+
+    def _handle(self, msg):
         try:
             handler = self._handlers.get(msg.request)
             if handler is None:
@@ -141,7 +147,7 @@ class VhostUserBackend:
         self.owned = True
 
     def _reset_owner(self, msg):
-        self.disconnect()
+        self._forget_front_end()
 
     def _reset_device(self, msg):
         #L:728 RESET_DEVICE: "disable all rings and reset all internal device state to the
@@ -159,6 +165,10 @@ class VhostUserBackend:
 
     def disconnect(self):
         """The front-end went away (or said RESET_OWNER): forget it entirely."""
+        with self._lock:
+            self._forget_front_end()
+
+    def _forget_front_end(self):
         self._reset_rings()
         if self.memory is not None:
             self.memory.close()

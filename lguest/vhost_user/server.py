@@ -102,6 +102,7 @@ class VhostUserServer:
         self._stopping = threading.Event()
         self.connections = 0
         self._conn = None
+        self._thread = None
         try:
             if os.path.exists(path) and stat.S_ISSOCK(os.stat(path).st_mode):
                 os.unlink(path)       # a stale socket from a previous run
@@ -126,9 +127,10 @@ class VhostUserServer:
             self._conn = None
 
     def serve_in_thread(self):
-        thread = threading.Thread(target=self.serve_forever, daemon=True, name="vhost-user-server")
-        thread.start()
-        return thread
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True,
+                                        name=f"vhost-user-{self.backend.device.name}")
+        self._thread.start()
+        return self._thread
 
     def close(self):
         self._stopping.set()
@@ -143,6 +145,8 @@ class VhostUserServer:
         except OSError:
             pass
         self.listener.close()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(10)     # the session's clean-up (L:740) has run when this returns
         if os.path.exists(self.path):
             os.unlink(self.path)
 

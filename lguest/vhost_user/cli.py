@@ -1,0 +1,91 @@
+"""`lguest vhost-user`: serve one of our devices on a unix socket until interrupted.
+
+#L:770 The command line of the back-end on its own, for any vhost-user front-end:
+#
+#   lguest vhost-user --socket=/tmp/blk.sock --block=disk.img[,ro]
+#   lguest vhost-user --socket=/tmp/net.sock --net=tap:NAME[:IPADDR]
+#   lguest vhost-user --socket=/tmp/a.sock --socket=/tmp/b.sock --net=pair
+#   lguest vhost-user --socket=/tmp/con.sock --console
+#   lguest vhost-user --socket=/tmp/rng.sock --rng
+#
+# then, e.g., `linux.uml ... virtio_uml.device=/tmp/blk.sock:2`, or QEMU's
+# `-chardev socket,id=c0,path=/tmp/blk.sock -device vhost-user-blk-pci,chardev=c0`
+# (QEMU needs its guest memory shared: `-object memory-backend-memfd,id=m,size=...,share=on
+# -numa node,memdev=m`). Each socket serves one front-end at a time and is ready for the
+# next when it leaves; ^C (or SIGTERM) closes everything and removes the sockets.
+# (Debian's UML kernel has no HW_RANDOM_VIRTIO, so --rng is for other front-ends.)
+"""
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from ..errors import LguestError
+from . import devices
+from .server import VhostUserServer
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="lguest vhost-user",
+                                description="Serve a virtio device to a vhost-user front-end.")
+    p.add_argument("--socket", action="append", required=True, metavar="PATH",
+                   help="unix socket to listen on (twice with --net=pair)")
+    kind = p.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--block", metavar="FILE[,ro]", help="a disk image")
+    kind.add_argument("--net", metavar="tap:NAME[:IP]|pair", help="a network card")
+    kind.add_argument("--console", action="store_true", help="a console on our stdin/stdout")
+    kind.add_argument("--rng", action="store_true", help="an entropy source (/dev/urandom)")
+    p.add_argument("--mac", help="the net device's MAC address")
+    p.add_argument("--verbose", "-v", action="store_true", help="log each connection and error")
+    args = p.parse_args(argv)
+    wanted = 2 if args.net == "pair" else 1
+    if len(args.socket) != wanted:
+        p.error(f"this device needs {wanted} --socket path(s), not {len(args.socket)}")
+    return args
+
+
+def build(args):
+    if args.block:
+        return [devices.block(args.block)]
+    if args.net == "pair":
+        return devices.net_pair()
+    if args.net:
+        return [devices.net_tap(args.net, mac=args.mac)]
+    if args.console:
+        return [devices.console()]
+    return [devices.rng()]
+
+
+def serve(served, paths, stop):
+    """Serve each device on its socket until `stop` is set; always clean up."""
+    servers = []
+    try:
+        for item, path in zip(served, paths):
+            server = VhostUserServer(item.backend(), path)
+            servers.append(server)
+            server.serve_in_thread()
+            logging.getLogger("lguest.vhost_user").info("serving %s on %s", item.device.name, path)
+        stop.wait()
+    finally:
+        for server in servers:
+            server.close()
+            server.backend.disconnect()
+        for item in served:
+            item.close()
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="lguest vhost-user: %(message)s")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        serve(build(args), args.socket, stop)
+    except LguestError as e:
+        print(f"lguest vhost-user: {e}", file=sys.stderr)
+        return 1
+    return 0
