@@ -16,7 +16,7 @@ import logging
 import struct
 
 from ..errors import GuestError
-from ..virtio import ID_BLOCK, bit
+from ..virtio import F_RING_INDIRECT_DESC, ID_BLOCK, bit
 from .base import VirtioDevice, iov_length, iov_take
 
 log = logging.getLogger("lguest.block")
@@ -64,10 +64,13 @@ class BlockDevice(VirtioDevice):
         #L:341 The guest sees whole sectors only: a file whose length is not a multiple
         # of 512 has a tail the guest can neither read nor write. As in the seed we
         # tell the guest not to put more than queue size - 2 data buffers in a request:
-        # two descriptors are taken by the header and the status byte.
+        # two descriptors are taken by the header and the status byte. Beyond the
+        # seed (which offered it for the network only) we take indirect descriptors:
+        # a request of many segments then costs one slot of the ring, not 2 + segments.
         self.capacity = store.size // SECTOR_SIZE
         self.end = self.capacity * SECTOR_SIZE
-        self.features = bit(F_SEG_MAX) | bit(F_FLUSH) | (bit(F_RO) if read_only else 0)
+        self.features = (bit(F_SEG_MAX) | bit(F_FLUSH) | bit(F_RING_INDIRECT_DESC)
+                         | (bit(F_RO) if read_only else 0))
         self.config = bytearray(CONFIG_SIZE)
         struct.pack_into("<Q", self.config, CONFIG_CAPACITY, self.capacity)
         struct.pack_into("<I", self.config, CONFIG_SEG_MAX, QUEUE_SIZE - 2)

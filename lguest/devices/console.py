@@ -3,7 +3,7 @@
 #L:320 The Console. Always device 1, because it is the one you want to see first.
 # Two queues: "input" holds buffers the guest wants filled with what we type,
 # "output" holds what the guest printed. UNIX tty handling makes it uglier than it
-# could be; all of that ugliness is in host/console.py (L:910). Here the console is
+# could be; all of that ugliness is in host/console.py (L:920). Here the console is
 # two injected objects: a `sink` with write(views), which must write everything
 # (the host loops over partial writes), and a `source` with will_block() and
 # readv(views) -> bytes read (0 at end of input).
