@@ -14,7 +14,8 @@ import os
 import sys
 
 from .backends.base import GuestDied, IoExit, RebootRequested
-from .errors import GuestError, LauncherError
+from .errors import LauncherError
+from .pci.bus import UnclaimedAccess
 
 
 def run_guest(backend, bus):
@@ -25,9 +26,184 @@ def run_guest(backend, bus):
         except InterruptedError:
             continue
         if isinstance(exit_, IoExit):
-            result = bus.access(exit_.space, exit_.addr, exit_.size, exit_.is_write, exit_.value)
+            try:
+                result = bus.access(exit_.space, exit_.addr, exit_.size, exit_.is_write,
+                                    exit_.value)
+            except UnclaimedAccess:
+                # No device there: the seed warned and handed the fault back (bad_io).
+                exit_.reject()
+                continue
             exit_.complete(0 if exit_.is_write else result)
         elif isinstance(exit_, (GuestDied, RebootRequested)):
             return exit_
         else:
             raise LauncherError(f"backend {backend.name} returned {exit_!r}")
+
+
+class _DeviceFailed(Exception):
+    """A device thread stopped on an error: the main thread is told by a signal."""
+
+
+class PrefixSink:
+    """The simulated guest's console: each line of output, marked as the guest's."""
+
+    def __init__(self, out, prefix="guest console| "):
+        self.out, self.prefix = out, prefix
+        self.partial = ""
+        self.text = []
+
+    def write(self, views):
+        data = b"".join(bytes(v) for v in views).decode("utf-8", "replace")
+        self.text.append(data)
+        lines = (self.partial + data).split("\n")
+        self.partial = lines.pop()
+        for line in lines:
+            print(self.prefix + line, file=self.out, flush=True)
+
+    def close(self):
+        if self.partial:
+            print(self.prefix + self.partial, file=self.out, flush=True)
+            self.partial = ""
+
+
+def _fake_device(spec, out):
+    """Devices for the simulated guest: served inline (deterministic), console to `out`."""
+    from .devices.base import InlineRunner
+    from .devices.block import BlockDevice
+    from .devices.console import ConsoleDevice
+    from .devices.rng import RngDevice
+    from .host import HostDevice, build_device
+    from .host.block import FileStore
+    from .host.rng import UrandomSource
+    if spec.kind == "console":
+        sink = PrefixSink(out)
+        return HostDevice(ConsoleDevice(sink), InlineRunner(), [sink], "console")
+    if spec.kind == "block":
+        if not spec.path:
+            raise LauncherError("--block needs a file name")
+        store = FileStore(spec.path, read_only=spec.read_only)
+        device = BlockDevice(store, read_only=spec.read_only, serial=os.path.basename(spec.path)[:20])
+        return HostDevice(device, InlineRunner(), [store], f"block {spec.path}")
+    if spec.kind == "rng":
+        source = UrandomSource()
+        return HostDevice(RngDevice(source), InlineRunner(), [source], "rng")
+    host = build_device(spec, raw_terminal=False)   # net: a real tap, served inline
+    host.runner = InlineRunner()
+    return host
+
+
+def _devices(config, fake, out, on_error):
+    from .config import DeviceSpec
+    specs = list(config.devices)
+    if not any(s.kind == "console" for s in specs):
+        specs.insert(0, DeviceSpec("console"))
+    specs.sort(key=lambda s: s.kind != "console")     # the console is always device 1
+    built = []
+    try:
+        for spec in specs:
+            if fake:
+                built.append(_fake_device(spec, out))
+            else:
+                from .host import build_device
+                built.append(build_device(spec, on_error=on_error))
+    except BaseException:
+        for host in built:
+            host.close()
+        raise
+    return built
+
+
+def _load(config, memory, backend):
+    """Kernel, initrd and boot_params; the simulated guest may run without a kernel."""
+    if config.kernel == "none":
+        if backend.name != "fake":
+            raise LauncherError("a kernel image is needed (\"none\" only with --backend=fake)")
+        return 0, 0
+    from .loader import prepare_boot
+    profile = getattr(backend, "boot_profile", "lguest" if backend.name in ("lguest", "fake") else "pc")
+    setup = prepare_boot(memory, config.kernel, config.cmdline, config.initrd, profile=profile)
+    entry = setup.entry32 if profile == "lguest" else (setup.entry64 or setup.entry32)
+    return entry, setup.zero_page
+
+
+def _drop_privileges(config):
+    if not (config.chroot or config.username):
+        return
+    from . import privileges
+    privileges.drop(config.chroot, config.username)
+
+
+def _open_backend(config, out):
+    from .backends.base import open_backend
+    if config.backend == "fake":
+        return open_backend("fake", log=lambda text: print(f"guest: {text}", file=out, flush=True))
+    return open_backend(config.backend)
+
+
+#L:003 launch(): the seed's main() after the options. Guest memory first (with its
+# guard pages, L:100), then the devices, console first, each on the PCI bus with
+# its runner (L:432), then the kernel and boot_params (L:170), then the backend is
+# told where everything is. Privileges are dropped only after all of that, because
+# /dev/lguest, the tap and the disk images need root to open. Whatever way we
+# leave (guest death, ^C, a device's guest error, our own bug), every device is
+# closed, which stops its threads and restores the terminal.
+def launch(config, *, out=None, reexec=None):
+    """Run the guest described by `config`; return the exit status."""
+    import signal
+    import threading
+    from .memory import GuestMemory
+    from .pci.bus import PciBus
+    out = out or sys.stdout
+    failures = []
+
+    def on_error(exc):
+        failures.append(exc)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
+
+    def raise_failed(signum, frame):
+        raise _DeviceFailed()
+
+    memory = GuestMemory(config.mem_mb << 20)
+    hosts, backend = [], None
+    previous = signal.signal(signal.SIGUSR1, raise_failed) \
+        if threading.current_thread() is threading.main_thread() else None
+    try:
+        backend = _open_backend(config, out)
+        hosts = _devices(config, backend.name == "fake", out, on_error)
+        bus = PciBus(memory)
+        for host in hosts:
+            bus.add_device(host.device, host.runner)
+        entry, zero_page = _load(config, memory, backend)
+        backend.attach_bus(bus)
+        backend.initialize(memory, entry, mmio_limit=bus.mmio_limit, boot_params=zero_page)
+        if config.verbose or backend.name == "fake":
+            print(f"lguest: {config.mem_mb} MiB guest on the {backend.name} backend", file=out)
+            for line in bus.describe():
+                print(f"lguest: {line}", file=out)
+        _drop_privileges(config)
+        try:
+            exit_ = run_guest(backend, bus)
+        except _DeviceFailed:
+            raise failures[0] if failures else LauncherError("a device thread failed")
+    finally:
+        if backend is not None:
+            backend.close()
+        for host in reversed(hosts):
+            host.close()
+        memory.close()
+        if previous is not None:
+            signal.signal(signal.SIGUSR1, previous)
+    return _finish(exit_, out, reexec)
+
+
+def _finish(exit_, out, reexec):
+    if isinstance(exit_, RebootRequested):
+        #L:004 restart_guest(): everything is closed by now; run ourselves afresh.
+        if reexec is not None:
+            return reexec()
+        os.execv(sys.executable, [sys.executable, "-m", "lguest", *sys.argv[1:]])
+    if exit_.status == 0:
+        print(f"lguest: {exit_.reason}", file=out)
+    else:
+        print(f"lguest: {exit_.reason}", file=sys.stderr)
+    return exit_.status
