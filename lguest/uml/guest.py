@@ -26,6 +26,10 @@ from ..errors import LauncherError
 from . import kit as kit_module, process, servers
 
 
+# Room for "/<boot>/console.sock" within the 108 bytes of a unix socket address.
+MAX_WORKDIR_PATH = 80
+
+
 class GuestFailed(LauncherError):
     """The guest died before reporting the command's exit status (e.g. a kernel panic)."""
 
@@ -78,6 +82,11 @@ class Guest:
     def __enter__(self):
         self._kit = self._kit or kit_module.ensure_kit()
         self.workdir = tempfile.mkdtemp(prefix="lguest-uml-")
+        if len(self.workdir) > MAX_WORKDIR_PATH:
+            # A unix socket's path must fit in sun_path (108 bytes, L:861).
+            os.rmdir(self.workdir)
+            self.workdir = tempfile.mkdtemp(prefix="lguest-uml-", dir="/tmp")
+        self._boots = 0
         return self
 
     def __exit__(self, *exc):
@@ -120,7 +129,9 @@ class Guest:
             command = shlex.join(command)
         timeout = self.timeout if timeout is None else timeout
         on_stdout = on_stdout or (lambda b: None)
-        boot_dir = tempfile.mkdtemp(dir=self.workdir)
+        self._boots += 1
+        boot_dir = os.path.join(self.workdir, str(self._boots))
+        os.mkdir(boot_dir)
         console_out = bytearray()
 
         def console_sink(data):
