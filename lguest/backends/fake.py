@@ -27,7 +27,7 @@ from ..errors import GuestError, LguestError
 from ..memory import Memory
 from .base import MMIO, GuestDied
 from .lguest_dev import LguestBackend
-from .lguest_model import GUEST_KERNEL_CS, Die, LguestKernelModel, Trap
+from .lguest_model import GUEST_KERNEL_CS, Die, LguestKernelModel, Reboot, Trap
 from . import tracefile
 
 TEXT_BASE = 0xC1000000      # where the simulated guest kernel's "code" lives
@@ -246,6 +246,12 @@ class SimulatedGuest:
         if returned != [13]:
             raise GuestOops(f"a ring-3 `in` was emulated instead of faulting (got {returned})")
         self.regs["xcs"] = GUEST_KERNEL_CS
+
+    def reboot(self):
+        """LHCALL_SHUTDOWN with LGUEST_SHUTDOWN_RESTART: the launcher must re-exec."""
+        self._to_launcher.put((Reboot(), dict(self.regs)))
+        self._to_guest.get()
+        raise GuestStopped()
 
     def cli(self):
         """`cli`, which the launcher skips (L:502)."""
