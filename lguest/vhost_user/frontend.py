@@ -56,6 +56,13 @@ class FrontQueue:
         except BlockingIOError:
             pass
 
+    def ring_wait(self, timeout=5.0):
+        """The used buffers there are now, or after the next interrupt."""
+        got = self.ring.collect()
+        if not got and self.wait_call(timeout):
+            got = self.ring.collect()
+        return got
+
     def wait_used(self, count=1, timeout=5.0):
         """Collect `count` used buffers, waiting for interrupts as needed."""
         got = self.ring.collect()
@@ -159,9 +166,9 @@ class Frontend:
                 return guest_addr - r.guest_addr + r.user_addr
         raise FrontendError(f"{guest_addr:#x} is not guest memory")
 
-    def setup_queue(self, index, size=256, *, enable=True, base=0):
+    def setup_queue(self, index, size=256, *, enable=True, base=0, ring_class=DriverQueue):
         """virtio_uml's order: CALL, NUM, BASE, ADDR, then KICK and ENABLE."""
-        ring = DriverQueue(self.memory, self.allocator, size,
+        ring = ring_class(self.memory, self.allocator, size,
                            features=self.features, start_idx=base)
         queue = self.queues[index] = FrontQueue(index, ring)
         self.request(P.SET_VRING_CALL, P.pack_u64(index), [queue.call_fd])

@@ -115,3 +115,12 @@ def test_net_pair_carries_a_frame_from_one_guest_to_the_other(tmp_path):
             s.backend.disconnect()
         for s in pair:
             s.close()
+
+
+def test_bench_completes_requests_both_ways(tmp_path):
+    from lguest.vhost_user import bench
+    image = tmp_path / "bench.img"
+    image.write_bytes(bytes(1 << 20))
+    for write in (False, True):
+        iops, mbs = bench.run(str(image), 4096, 0.1, 4, write)
+        assert iops > 100 and abs(mbs - iops * 4096 / 1e6) < 1e-6 * mbs + 1e-9
