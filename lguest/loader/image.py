@@ -12,7 +12,7 @@
 """
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import LauncherError
 
@@ -27,7 +27,7 @@ class KernelImage:
     end: int                     # one past the highest (bss and init_size included)
     entry32: int = None          # 32-bit protected-mode entry (ELF32 e_entry, code32_start)
     entry64: int = None          # 64-bit entry (ELF64 e_entry, bzImage load address + 0x200)
-    setup_header: bytes = None   # bzImage: the setup header as found at 0x1f1
+    setup_header: bytes = field(default=None, repr=False)  # bzImage: the header at 0x1f1
     protocol: int = 0            # bzImage boot protocol version (0x20c = 2.12); 0 for ELF
     load_address: int = None     # bzImage: where the protected-mode kernel was put
     cmdline_size: int = None     # longest command line the kernel accepts, if it says
