@@ -309,3 +309,45 @@ def test_guest_error_in_a_ring_stops_that_ring_only(block_session, caplog):
     os.close(err_fd)
     # The server still answers.
     assert fe.ask_u64(P.GET_QUEUE_NUM) == 1
+
+
+def test_set_config_on_read_only_config_answers_failure(block_session):
+    fe = block_session.fe
+    fe.negotiate()
+    expect_failure(fe, P.SET_CONFIG, P.pack_config(0, b"\1"))
+    assert struct.unpack("<Q", fe.get_config(0, 8))[0] == 64     # unchanged, still talking
+
+
+def test_reset_owner_forgets_memory_and_features(block_session):
+    fe = block_session.fe
+    fe.negotiate()
+    fe.set_mem_table()
+    fe.setup_queue(0, 8)
+    fe.request(P.RESET_OWNER)
+    backend = block_session.backend
+    assert backend.memory is None and backend.features == 0 and backend.runner is None
+    assert backend.watchers == [] and not backend.vrings[0].started
+
+
+def test_config_change_is_sent_on_the_backend_channel(block_session):
+    fe = block_session.fe
+    fe.negotiate()
+    r, w = os.pipe()
+    fe.request(P.SET_BACKEND_REQ_FD, b"", [w])
+    os.close(w)
+    device = block_session.backend.device
+    device.update_config(bytes(device.config))
+    assert P.parse_header(os.read(r, 12)) == (P.BACKEND_CONFIG_CHANGE_MSG, P.VERSION, 0)
+    os.close(r)
+
+
+def test_multi_queue_devices_offer_mq(disk):
+    from lguest.devices.console import ConsoleDevice
+    backend = VhostUserBackend(ConsoleDevice(sink=None))
+    assert backend.offered_protocol_features() & (1 << P.PROTOCOL_F_MQ)
+    s = Session(backend)
+    try:
+        s.fe.negotiate()
+        assert s.fe.ask_u64(P.GET_QUEUE_NUM) == 2
+    finally:
+        s.close()
