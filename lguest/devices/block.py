@@ -134,7 +134,7 @@ class BlockDevice(VirtioDevice):
         try:
             n = self.store.readv_at(offset, views)
         except OSError as e:
-            log.warning("%s: read of %d bytes at %d failed: %s", self.name, length, offset, e)
+            log.warning("%s: read of %d bytes at %d failed: %s", self.name, length, offset, str(e))
             return S_IOERR, 0
         self.stats["read"] += 1
         return S_OK, n
@@ -151,7 +151,7 @@ class BlockDevice(VirtioDevice):
         try:
             self.store.writev_at(offset, views)
         except OSError as e:
-            log.warning("%s: write of %d bytes at %d failed: %s", self.name, length, offset, e)
+            log.warning("%s: write of %d bytes at %d failed: %s", self.name, length, offset, str(e))
             return S_IOERR
         self.stats["write"] += 1
         return S_OK
@@ -161,7 +161,7 @@ class BlockDevice(VirtioDevice):
         try:
             self.store.flush()
         except OSError as e:
-            log.warning("%s: flush failed: %s", self.name, e)
+            log.warning("%s: flush failed: %s", self.name, str(e))
             return S_IOERR
         self.stats["flush"] += 1
         return S_OK

@@ -130,7 +130,7 @@ class ConsoleDevice(VirtioDevice):
         except BlockingIOError:
             return None
         except OSError as e:
-            log.warning("console input failed (%s), ignoring console.", e)
+            log.warning("console input failed (%s), ignoring console.", str(e))
             n = 0
         if n <= 0:
             #L:325 Ran out of input? The seed's thread slept for ever here. We stop

@@ -97,7 +97,7 @@ class NetDevice(VirtioDevice):
                 self.stats["tx"] += 1
             except OSError as e:
                 self.stats["tx_errors"] += 1
-                log.warning("Write to tun failed (%s)?", e)
+                log.warning("Write to tun failed (%s)?", str(e))
             queue.push(chain.head, 0)
             used = True
         return used
@@ -137,7 +137,7 @@ class NetDevice(VirtioDevice):
             return None
         except OSError as e:
             self.stats["rx_errors"] += 1
-            log.warning("Failed to read from tun (%s).", e)
+            log.warning("Failed to read from tun (%s).", str(e))
             return None
         if n <= 0:
             return None

@@ -67,7 +67,7 @@ class RawTerminal:
         try:
             termios.tcsetattr(self.fd, termios.TCSANOW, saved)
         except termios.error as e:
-            log.warning("could not restore the terminal: %s", e)
+            log.warning("could not restore the terminal: %s", str(e))
         atexit.unregister(self.restore)
         if threading.current_thread() is threading.main_thread():
             for sig, previous in self._previous_handlers.items():
@@ -121,7 +121,7 @@ class FdSink:
                 select.select([], [self.fd], [])
                 continue
             except OSError as e:
-                log.warning("Write to stdout gave %s", e)
+                log.warning("Write to stdout gave %s", str(e))
                 return
             if n <= 0:
                 log.warning("Write to stdout gave %d", n)

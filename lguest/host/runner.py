@@ -141,13 +141,16 @@ class ThreadedRunner(DeviceRunner):
                 return
 
     def _failed(self, device, qi, exc):
-        self.errors.append(exc)
         name = device.queue_names[qi] if device else qi
         if self.on_error is not None:
             self.on_error(exc)
         else:
             log.error("%s vq %s stopped: %s", getattr(device, "name", "device"), name, exc,
                       exc_info=not hasattr(exc, "rule"))
+        # The traceback's frames hold memoryviews of guest memory; keeping them would
+        # stop the launcher from unmapping it at exit.
+        exc.__traceback__ = None
+        self.errors.append(exc)
 
 
 def _drain(fd):
