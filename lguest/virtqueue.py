@@ -214,14 +214,16 @@ class Virtqueue:
     # the values we read, and each buffer is bounds-checked as it becomes a
     # memoryview. The walk is bounded: a chain may not be longer than its table
     # (2.4.5.3.1: "A driver MUST NOT create a descriptor chain longer than the Queue
-    # Size of the device"), so a loop is caught after `max` steps.
+    # Size of the device"), so a loop is caught after `max` steps. As in the seed, the
+    # count runs on into an indirect table and is then held against the table's size,
+    # so direct descriptors ahead of an indirect one are refused as a loop too.
     def _walk(self, head, readable, writable):
-        locate = self.memory._locate
+        locate, unpack = self.memory._locate, _DESC.unpack_from
         table, base, count = self._desc_buf, self._desc_off, self.size
         indirect = False
-        i = head
+        i, seen = head, 0
         while True:
-            addr, length, flags, nxt = _DESC.unpack_from(table, base + DESC_SIZE * i)
+            addr, length, flags, nxt = unpack(table, base + DESC_SIZE * i)
             if flags & VRING_DESC_F_INDIRECT:
                 table, base, count = self._enter_indirect(indirect, addr, length, flags)
                 indirect = True
@@ -235,7 +237,8 @@ class Virtqueue:
                 if writable:
                     raise self._error(RULE_OUT_AFTER_IN, f"descriptor {i}")
                 readable.append(buf[off:off + length])
-            if len(readable) + len(writable) > count:
+            seen += 1
+            if seen > count:
                 raise self._error(RULE_LOOP, f"more than {count} descriptors from head {head}")
             #L:240 next_desc(): a descriptor without NEXT ends the chain; one with NEXT
             # must point inside the table it lives in.

@@ -392,3 +392,29 @@ def test_used_idx_starts_from_the_ring(mem):
     vq = Virtqueue(mem, 8, DESC, AVAIL, USED, last_avail_idx=70000)
     assert vq.used_idx == 4242 and vq.last_avail_idx == 70000 & 0xFFFF
     assert isinstance(Chain(1, [], []), Chain)
+
+
+def test_a_queue_outside_memory_refuses_every_operation(mem):
+    vq = Virtqueue(mem, 8, DESC, AVAIL, MEM - 8, name="rx", device="net")
+    for op in (vq.has_available, vq.pop, lambda: vq.push(0, 0), lambda: vq.push_many([(0, 0)]),
+               lambda: vq.set_notifications(True)):
+        with pytest.raises(GuestMemoryError) as excinfo:
+            op()
+        assert rule_of(excinfo) == vqmod.RULE_ADDRESS
+    assert not vq.should_interrupt()        # nothing was ever pushed
+
+
+def test_direct_descriptors_before_an_indirect_one_count_against_its_table(mem):
+    # The seed refuses only INDIRECT|NEXT, but its loop count carries on into the
+    # table and is compared with the table's size, so any direct prefix overflows
+    # it: "Looped descriptor". Linux never builds such a chain; we keep the seed's rule.
+    ring = RawRing(mem, size=4, features=INDIRECT_F)
+    table = DATA + 0x1000
+    ring.desc(0, DATA, 1, NEXT, 1, table=table)
+    ring.desc(1, DATA, 1, 0, 0, table=table)
+    ring.desc(1, DATA, 1, NEXT, 2)
+    ring.desc(2, table, 32, INDIRECT)
+    ring.offer(1)
+    assert pop_error(ring) == vqmod.RULE_LOOP
+    ring.offer(2)                       # the same table on its own is fine
+    assert len(ring.vq.pop().readable) == 2
