@@ -292,7 +292,14 @@ class VhostUserBackend:
             raise
         if fd is not None:
             set_nonblocking(fd)
+        # A ring thread may be signalling the old fd right now: closing it under that
+        # thread could make the write land in whatever file reuses the number next.
+        live = any(v.serving for v in self.vrings)
+        if live:
+            self._stop_serving()
         vring.replace_fd(attribute, fd)
+        if live:
+            self._restart_serving()
 
     def _set_vring_call(self, msg):
         self._set_vring_fd(msg, "call_fd")

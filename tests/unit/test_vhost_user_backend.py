@@ -351,3 +351,20 @@ def test_multi_queue_devices_offer_mq(disk):
         assert s.fe.ask_u64(P.GET_QUEUE_NUM) == 2
     finally:
         s.close()
+
+
+def test_call_fd_replaced_while_running_gets_the_next_interrupt(block_session):
+    fe = block_session.fe
+    fe.negotiate()
+    fe.set_mem_table()
+    q = fe.setup_queue(0, 8)
+    blk_request(q, 0, 0, read_len=SECTOR)
+    new_call = os.eventfd(0, os.EFD_NONBLOCK)
+    fe.request(P.SET_VRING_CALL, P.pack_u64(0), [new_call])
+    q.drain_calls()
+    q.ring.add_buffer([struct.pack("<IIQ", 0, 0, 1)], [SECTOR, 1])
+    q.kick()
+    os.close(q.call_fd)
+    q.call_fd = new_call
+    assert q.wait_call(5)                         # the interrupt came on the new fd
+    assert q.ring.collect()[0].data[-1:] == b"\0"
