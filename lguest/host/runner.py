@@ -113,9 +113,11 @@ class ThreadedRunner(DeviceRunner):
                 _drain(kick_fd)
                 self._serve_until_idle(device, qi, queue, interrupt)
                 want = wake_fd is not None and wants is not None and wants(qi)
-                if want != watching:
-                    poller.register(wake_fd, _READABLE) if want else poller.unregister(wake_fd)
-                    watching = want
+                if want and not watching:
+                    poller.register(wake_fd, _READABLE)
+                elif watching and not want:
+                    poller.unregister(wake_fd)
+                watching = want
                 events = dict(poller.poll())
                 if stop_fd in events:
                     return

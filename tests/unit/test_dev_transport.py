@@ -220,3 +220,24 @@ def test_console_is_device_one_and_output_and_emergency_write_reach_the_sink():
     with pytest.raises(GuestError) as e:
         guest.request(console, 1, [b"x"], [8])
     assert e.value.rule == "Input buffers in console output queue?"
+
+
+def test_net_rx_burst_costs_one_interrupt_and_tx_reaches_the_tap():
+    from lguest.devices.net import RX, TX, NetDevice
+    from test_dev_net import FakeTap, vnet
+    tap = FakeTap()
+    guest = Guest(NetDevice(tap, mac="52:54:00:00:00:01"))
+    (h,) = guest.handles
+    assert h.device_type == 1 and h.features & (1 << 28)    # INDIRECT_DESC, as the seed
+    rx = h.queue(RX)
+    for _ in range(6):
+        rx.add_buffer([], [1526])
+    tap.incoming = [vnet() + bytes([i]) * 60 for i in range(5)]
+    h.kick(RX)
+    used = rx.collect()
+    assert [u.data[12] for u in used] == [0, 1, 2, 3, 4]
+    assert len(guest.irqs) == 1            # the burst is drained in one pass: one interrupt
+    h.queue(TX).add_buffer([vnet(), b"\xff" * 60], [])
+    h.kick(TX)
+    assert tap.sent == [vnet() + b"\xff" * 60]
+    guest.close()
