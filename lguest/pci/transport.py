@@ -465,12 +465,14 @@ class VirtioPciTransport:
         raise self._error("read from padding", f"offset {off}")
 
     #L:421 Any other read: the per-queue registers, the device's config, or bytes in
-    # between. "Beware unaligned overflow" (the seed refuses any read starting past the
-    # last whole word), and 3.1.1 lets the driver read device config only once it has
-    # set DRIVER. The width is whatever the driver used.
+    # between. "Beware unaligned overflow": the seed refused any read starting in the
+    # last 3 bytes, whatever its width, which would refuse a 2-byte field at the very
+    # end of a config; we refuse exactly the reads that run past the end. And 3.1.1
+    # lets the driver read device config only once it has set DRIVER. The width is
+    # whatever the driver used.
     def _read_elsewhere(self, off, size):
-        if off < 0 or off > self.mmio_size - 4:
-            raise self._error("read past end", f"offset {off}")
+        if off < 0 or off + max(size, 1) > self.mmio_size:
+            raise self._error("read past end", f"offset {off} size {size}")
         if not self.status & STATUS_DRIVER:
             raise self._error("config read before VIRTIO_CONFIG_S_DRIVER")
         self._need_width(size, size if size in (2, 4) else 1, "read to", off)

@@ -113,7 +113,8 @@ def test_accepted_features_read_back_per_window(t):
     (59, 1, "read from padding"),
     (60, 4, "config read before VIRTIO_CONFIG_S_DRIVER"),
     (24, 2, "config read before VIRTIO_CONFIG_S_DRIVER"),
-    (65, 1, "read past end"),
+    (68, 1, "read past end"),
+    (66, 4, "read past end"),
     (200, 1, "read past end"),
 ])
 def test_read_rules(t, off, size, rule):
