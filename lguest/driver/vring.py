@@ -10,6 +10,8 @@
 # takes used buffers back. The device's half is L:200.
 """
 
+import _thread
+
 from ..errors import LguestError
 from ..virtio import (DESC_SIZE, F_RING_EVENT_IDX, F_RING_INDIRECT_DESC, USED_ELEM_SIZE,
                       VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT,
@@ -133,6 +135,14 @@ class DriverQueue:
         self.free_head = 0
         self.num_free = size
         self._state = [None] * size
+        self._fence = _thread.allocate_lock()
+
+    def _full_barrier(self):
+        # virtio_mb(): a lock's acquire is a locked read-modify-write, a full barrier
+        # on x86. It matters when the device is another thread or process (the
+        # vhost-user front-end): our stores must land before we read the device's word.
+        with self._fence:
+            pass
 
     # Addresses of the fields, for readers of this code and for tests.
     @property
@@ -227,9 +237,11 @@ class DriverQueue:
     #L:291 virtqueue_kick_prepare(): does the device want to hear about what we
     # added since the last kick? With EVENT_IDX, if we moved avail.idx past its
     # avail_event (L:265); otherwise unless it set VRING_USED_F_NO_NOTIFY. Linux puts
-    # a full barrier (virtio_mb) between publishing and reading the device's word;
-    # in our tests the device runs in the same thread, so program order is enough.
+    # a full barrier (virtio_mb) between publishing avail.idx and reading the device's
+    # word, or a device going to sleep and a driver deciding not to kick could miss
+    # each other; so do we.
     def kick_prepare(self):
+        self._full_barrier()
         new = self.avail_idx_shadow
         old = (new - self.num_added) & 0xFFFF
         self.num_added = 0
@@ -260,6 +272,7 @@ class DriverQueue:
         return self.last_used_idx
 
     def poll(self, last_used_idx):
+        self._full_barrier()     # our used_event store before the device's used.idx
         return self.memory.read_u16(self.used_addr + 2) != last_used_idx
 
     def enable_cb(self):
@@ -273,6 +286,7 @@ class DriverQueue:
                 self.memory.write_u16(self.avail_addr, self.avail_flags_shadow)
         bufs = ((self.avail_idx_shadow - self.last_used_idx) & 0xFFFF) * 3 // 4
         self.memory.write_u16(self.used_event_addr, (self.last_used_idx + bufs) & 0xFFFF)
+        self._full_barrier()
         return (self.memory.read_u16(self.used_addr + 2) - self.last_used_idx) & 0xFFFF <= bufs
 
     #L:295 virtqueue_get_buf(): take back the next used buffer. The device's id must

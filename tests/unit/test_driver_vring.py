@@ -112,6 +112,7 @@ def test_direct_chain_takes_descriptors_from_the_free_list(mem):
     dev.push(chain.head, 3)
     used = drv.collect()
     assert [(u.head, u.len, u.token, u.data) for u in used] == [(head, 3, "t", b"wxy")]
+    assert repr(used[0]) == f"Used(head={head}, len=3, token='t')"
     assert drv.num_free == 8 and drv.outstanding == 0
 
 
