@@ -127,10 +127,9 @@ def _load(config, memory, backend):
 
 
 def _drop_privileges(config):
-    if not (config.chroot or config.username):
-        return
-    from . import privileges
-    privileges.drop(config.chroot, config.username)
+    if config.chroot or config.username:
+        from . import privileges
+        privileges.drop(config.chroot, config.username)
 
 
 def _open_backend(config, out):
@@ -201,7 +200,8 @@ def _finish(exit_, out, reexec):
         #L:004 restart_guest(): everything is closed by now; run ourselves afresh.
         if reexec is not None:
             return reexec()
-        os.execv(sys.executable, [sys.executable, "-m", "lguest", *sys.argv[1:]])
+        from . import privileges
+        privileges.reexec()          # the arguments cmdline remembered; does not return
     if exit_.status == 0:
         print(f"lguest: {exit_.reason}", file=out)
     else:

@@ -127,3 +127,16 @@ def test_open_backend_names_what_it_looked_for():
     if not os.path.exists("/dev/lguest"):
         with pytest.raises(LauncherError, match="/dev/lguest"):
             open_backend("lguest")
+
+
+def test_fake_backend_with_a_real_image_loads_and_checks_it(tmp_path, capsys):
+    from tests.unit.test_loader import make_elf
+    kernel = tmp_path / "vmlinux"
+    kernel.write_bytes(make_elf([(1, 0x100000, b"\x90" * 64, 4096)], entry=0x100000))   # PT_LOAD
+    config = LaunchConfig(mem_mb=8, kernel=str(kernel), backend="fake", args=["console=hvc0"])
+    assert launch(config) == 0
+    assert "devices worked" in capsys.readouterr().out
+    broken = tmp_path / "broken"
+    broken.write_bytes(b"not a kernel" * 100)
+    with pytest.raises(LauncherError, match="bzImage"):
+        launch(LaunchConfig(mem_mb=8, kernel=str(broken), backend="fake"))
