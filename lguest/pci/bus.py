@@ -11,6 +11,7 @@
 """
 
 import bisect
+import logging
 
 from ..errors import GuestError, LauncherError
 from ..memory import PAGE_SIZE, MmioAllocator
@@ -26,6 +27,9 @@ PCI_CONFIG_DATA = 0xCFC
 PS2_KEYBOARD_STATUS = 0x64
 MAX_PCI_DEVICES = 32        # 5-bit device number in PCI_CONFIG_ADDR
 DEVICE_PAGES = 256          # the seed leaves this much room between RAM and MMIO
+
+# The seed's verbose() lines go to this logger at DEBUG (the launcher's -v shows them).
+log = logging.getLogger(__name__)
 
 
 class UnclaimedAccess(GuestError):
@@ -151,6 +155,11 @@ class PciBus:
     def _port_write(self, port, size, value):
         if PCI_CONFIG_ADDR <= port < PCI_CONFIG_ADDR + 4:
             self.config_address = iowrite(self.config_address, port - PCI_CONFIG_ADDR, size, value)
+            if log.isEnabledFor(logging.DEBUG):
+                a = decode_config_address(self.config_address)
+                log.debug("PCI%s: %#x/%x: bus %u dev %u func %u reg %u",
+                          "" if a["enabled"] else " DISABLED", value, SIZE_MASKS[size],
+                          a["bus"], a["device"], a["function"], a["register"])
         elif PCI_CONFIG_DATA <= port < PCI_CONFIG_DATA + 4:
             if not self._config_write(port - PCI_CONFIG_DATA, size, value):
                 raise UnclaimedAccess("Attempt to write to port", trap=13,
@@ -202,6 +211,8 @@ class PciBus:
         transport = self.slots[slot]
         config["cfg_access.pci_cfg_data"] = transport.emulate_mmio_read(
             config["cfg_access.offset"], config["cfg_access.length"])
+        log.debug("Window read %#x from bar 0, offset %u len %u", config["cfg_access.pci_cfg_data"],
+                  config["cfg_access.offset"], config["cfg_access.length"])
 
     def _window_write(self, slot, config, portoff, size, value):
         if not config.valid_bar_access():
@@ -209,6 +220,8 @@ class PciBus:
         data = iowrite(config["cfg_access.pci_cfg_data"], portoff, size, value)
         config["cfg_access.pci_cfg_data"] = data
         length = config["cfg_access.length"]
+        log.debug("Window writing %#x to bar 0, offset %u len %u", data & SIZE_MASKS[length],
+                  config["cfg_access.offset"], length)
         self.slots[slot].emulate_mmio_write(config["cfg_access.offset"], length,
                                             data & SIZE_MASKS[length])
         return True

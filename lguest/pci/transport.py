@@ -11,6 +11,8 @@
 # refused access leaves the device as it was.
 """
 
+import logging
+
 from ..devices.base import InlineRunner, VirtioDevice
 from ..errors import GuestError
 from ..virtio import (F_VERSION_1, ISR_CONFIG, ISR_QUEUE, STATUS_ACKNOWLEDGE, STATUS_DRIVER,
@@ -42,6 +44,8 @@ ADDRESS_REGS = ("queue_desc_lo", "queue_desc_hi", "queue_avail_lo", "queue_avail
                 "queue_used_lo", "queue_used_hi")
 EMERG_WR_OFFSET = 8         # struct virtio_console_config: cols, rows, max_nr_ports, emerg_wr
 VIRTIO_MSI_NO_VECTOR = 0xFFFF
+
+log = logging.getLogger(__name__)   # the seed's verbose() lines, at DEBUG
 
 # Where each region of BAR0 lies, for the capabilities of the config space (L:404).
 BAR0_LAYOUT = {"common": (0, COMMON_CFG_SIZE), "notify": (NOTIFY_OFFSET, 2),
@@ -188,6 +192,7 @@ class VirtioPciTransport:
     # threads), the device forgets its queues and features, and every register goes
     # back to its power-on value, every queue's too.
     def reset(self):
+        log.debug("Resetting device %s", self.name)
         self.runner.stop()
         self.device.reset()
         self._power_on()
@@ -280,6 +285,7 @@ class VirtioPciTransport:
     # the seed, each write must add exactly the next bit, and FEATURES_OK must be
     # read back before DRIVER_OK.
     def _write_device_status(self, off, size, value):
+        log.debug("%s: device status -> %#x", self.name, value)
         if value == 0:
             self._need_width(size, 1, "write to", off)
             self.reset()

@@ -166,3 +166,15 @@ def test_explicit_mmio_base(memory):
     assert t.mmio_addr == 0xE0000000
     assert t.pci_config["bar0"] == 0xE0000000
     assert t.notify_address == 0xE0000000 + 56
+
+
+def test_verbose_lines_go_to_the_debug_log(bus, caplog):
+    import logging
+    with caplog.at_level(logging.DEBUG, logger="lguest.pci"):
+        bus.access(PIO, 0xCF8, 4, True, 0x80000800)
+        bus.access(PIO, 0xCF8, 4, True, 0x00000800)
+        bus.devices[0].emulate_mmio_write(20, 1, 0)
+    text = caplog.text
+    assert "PCI: 0x80000800/ffffffff: bus 0 dev 1 func 0 reg 0" in text
+    assert "PCI DISABLED" in text
+    assert "first: device status -> 0x0" in text and "Resetting device first" in text
