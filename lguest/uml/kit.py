@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass
 
 from ..errors import LauncherError
-from . import archive, modinfo
+from . import archive
 from .init_script import INIT_SCRIPT
 
 PACKAGES = ("user-mode-linux", "busybox-static")
@@ -134,6 +134,7 @@ def ensure_kit(root=None, progress=say):
     image = os.path.join(root, "images", f"initramfs-{key}.cpio.gz")
     order_file = image + ".modules"
     if not os.path.exists(image):
+        from . import modinfo      # pyelftools: only needed when building
         bb_dir = unpack(debs["busybox-static"], os.path.join(root, "unpacked"), progress)
         modules = modinfo.resolve(_modules_root(uml_dir), WANTED_MODULES)
         os.makedirs(os.path.dirname(image), exist_ok=True)

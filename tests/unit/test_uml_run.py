@@ -1,0 +1,99 @@
+"""The pure parts of `lguest run`: the UML command line, the status line, failures."""
+
+import base64
+
+import pytest
+
+from lguest.errors import LauncherError
+from lguest.uml import cli, init_script, process, servers
+from lguest.uml.guest import Guest, GuestFailed, GuestTimeout, describe_failure
+from lguest.uml.kit import Kit
+
+KIT = Kit(kernel="/k/linux.uml", initrd="/k/init.cpio.gz", modules=("virtio_blk",))
+
+
+def argv_of(command="true", **options):
+    return process.kernel_arguments(KIT, command, "/w", (10, 11, 12, 13), **options)
+
+
+def test_kernel_arguments_wire_the_four_channels_and_devices():
+    argv = argv_of(devices=[("/w/blk0.sock", 2), ("/w/console.sock", 3)],
+                   wait=["vda", "hvc0"], ip="10.0.0.2/24", stdout_device="hvc0", mem=96)
+    assert argv[0] == "/k/linux.uml"
+    assert "mem=96M" in argv and "initrd=/k/init.cpio.gz" in argv
+    for i, fd in enumerate((10, 11, 12, 13)):
+        assert f"con{i}=null,fd:{fd}" in argv
+    assert argv.index("con=null") < argv.index("con0=null,fd:10")   # the default first
+    assert "virtio_uml.device=/w/blk0.sock:2" in argv
+    assert "virtio_uml.device=/w/console.sock:3" in argv
+    assert "lguest_wait=vda,hvc0" in argv and "lguest_ip=10.0.0.2/24" in argv
+    assert "lguest_stdout=hvc0" in argv and "uml_dir=/w" in argv
+
+
+@pytest.mark.parametrize("command", ["echo 'a b' \"c\" $HOME; exit 3", "ünï\ncode\t\\"])
+def test_command_travels_as_base64_without_quoting(command):
+    argv = argv_of(command)
+    (arg,) = [a for a in argv if a.startswith("lguest_cmd=")]
+    value = arg[len("lguest_cmd="):]
+    assert " " not in value and base64.b64decode(value).decode() == command
+
+
+def test_overlong_command_is_refused_clearly():
+    with pytest.raises(LauncherError, match="command too long"):
+        argv_of("x" * 4000)
+
+
+@pytest.mark.parametrize("text, status", [
+    (b"lguest-exit-status 0\n", 0),
+    (b"noise\nlguest-exit-status 42\r\n", 42),
+    (b"lguest-exit-status 1\nlguest-exit-status 7\n", 7),
+    (b"", None), (b"lguest-exit-status\n", None), (b"lguest-exit-status -1\n", None),
+    (b"lguest-exit-status 12 extra\n", None),
+])
+def test_parse_status(text, status):
+    assert process.parse_status(text) == status
+
+
+def outcome(log="", timed_out=False, rc=0):
+    return process.Outcome(None, timed_out, rc, log, 1.0)
+
+
+def test_failures_are_described_by_cause():
+    assert isinstance(describe_failure(outcome(timed_out=True), 5), GuestTimeout)
+    assert "after 5 s" in str(describe_failure(outcome(timed_out=True), 5))
+    panic = describe_failure(outcome("x\nKernel panic - not syncing: Attempted to kill init!\n"), 5)
+    assert type(panic) is GuestFailed and "Attempted to kill init" in str(panic)
+    other = describe_failure(outcome("", rc=-9), 5)
+    assert "without reporting" in str(other) and "-9" in str(other)
+
+
+def test_init_script_reports_status_on_its_own_line_and_powers_off():
+    script = init_script.INIT_SCRIPT
+    assert script.startswith("#!/bin/sh\n")
+    assert f'echo "{init_script.STATUS_MARKER} $?" >/dev/tty3' in script
+    assert script.rstrip().endswith("poweroff -f")
+
+
+def test_block_specs(tmp_path):
+    f = tmp_path / "d.img"
+    f.write_bytes(b"")
+    assert servers.parse_block_spec(str(f)) == (str(f), False)
+    assert servers.parse_block_spec(f"{f},ro") == (str(f), True)
+    with pytest.raises(LauncherError, match="only options"):
+        servers.parse_block_spec(f"{f},rw,sync")
+    with pytest.raises(LauncherError, match="is not a file"):
+        servers.parse_block_spec(str(tmp_path / "absent"))
+    with pytest.raises(LauncherError, match="is not a file"):
+        Guest(block=[str(tmp_path)])
+
+
+def test_cli_needs_a_command(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--mem", "64"])
+    assert e.value.code == 2 and "no command" in capsys.readouterr().err
+
+
+def test_cli_reports_a_bad_block_file_in_one_line(tmp_path, capsys):
+    assert cli.main(["--block", str(tmp_path / "nope"), "--", "true"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not a file" in err
