@@ -17,6 +17,8 @@ from .backends.base import GuestDied, IoExit, RebootRequested
 from .errors import LauncherError
 from .pci.bus import UnclaimedAccess
 
+TRACE_ENV = "LGUEST_TRACE"       # record a trap stream of the run to this file
+
 
 def run_guest(backend, bus):
     """Run until the guest dies or asks to reboot; return that exit."""
@@ -132,11 +134,26 @@ def _drop_privileges(config):
         privileges.drop(config.chroot, config.username)
 
 
-def _open_backend(config, out):
+def _open_backend(config, out, records):
     from .backends.base import open_backend
     if config.backend == "fake":
-        return open_backend("fake", log=lambda text: print(f"guest: {text}", file=out, flush=True))
-    return open_backend(config.backend)
+        backend = open_backend("fake", log=lambda text: print(f"guest: {text}", file=out, flush=True))
+    else:
+        backend = open_backend(config.backend)
+    if os.environ.get(TRACE_ENV) and hasattr(backend, "record_to"):
+        #L:005 Any run on /dev/lguest (or the fake backend) can be recorded as a trap
+        # stream (L:560): set LGUEST_TRACE=FILE.
+        backend.record_to(records.append, getattr(backend, "_memory_writes", None))
+    return backend
+
+
+def _write_trace(config, records):
+    from dataclasses import asdict
+    from .backends import tracefile
+    header = {"config": {"mem_mb": config.mem_mb, "kernel": config.kernel,
+                         "devices": [asdict(d) for d in config.devices]},
+              "comment": "recorded by lguest with " + TRACE_ENV}
+    tracefile.write_trace(os.environ[TRACE_ENV], header, records)
 
 
 #L:003 launch(): the seed's main() after the options. Guest memory first (with its
@@ -153,7 +170,7 @@ def launch(config, *, out=None, reexec=None):
     from .memory import GuestMemory
     from .pci.bus import PciBus
     out = out or sys.stdout
-    failures = []
+    failures, records = [], []
 
     def on_error(exc):
         failures.append(exc)
@@ -167,7 +184,7 @@ def launch(config, *, out=None, reexec=None):
     previous = signal.signal(signal.SIGUSR1, raise_failed) \
         if threading.current_thread() is threading.main_thread() else None
     try:
-        backend = _open_backend(config, out)
+        backend = _open_backend(config, out, records)
         hosts = _devices(config, backend.name == "fake", out, on_error)
         bus = PciBus(memory)
         for host in hosts:
@@ -187,6 +204,8 @@ def launch(config, *, out=None, reexec=None):
     finally:
         if backend is not None:
             backend.close()
+            if records:
+                _write_trace(config, records)
         for host in reversed(hosts):
             host.close()
         memory.close()

@@ -283,15 +283,12 @@ class FakeBackend(LguestBackend):
             self.guest = SimulatedGuest(scenario, seed=seed, log=self.log)
             sink = record.append if record is not None else None
         self.model = LguestKernelModel(self.guest, word_size=word_size)
-        pread, pwrite = self.model.pread, self.model.pwrite
-        self.recorder = None
-        if sink is not None:
-            self.recorder = tracefile.Recorder(pread, pwrite, sink, word_size=word_size,
-                                               memory_writes=self._memory_writes)
-            pread, pwrite = self.recorder.pread, self.recorder.pwrite
         super().__init__("(simulated guest)", word_size=word_size, opener=self.model.open,
-                         pread=pread, pwrite=pwrite, closer=self.model.close,
+                         pread=self.model.pread, pwrite=self.model.pwrite,
+                         closer=self.model.close,
                          warn=lambda m: self.log(f"launcher warning: {m}"))
+        if sink is not None:
+            self.record_to(sink, self._memory_writes)
 
     def _memory_writes(self):
         memory = getattr(self.guest, "memory", None)
@@ -314,6 +311,4 @@ class FakeBackend(LguestBackend):
     def close(self):
         if isinstance(self.guest, SimulatedGuest):
             self.guest.stop()
-        if self.recorder is not None:
-            self.recorder.finish()
         super().close()

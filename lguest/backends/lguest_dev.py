@@ -76,6 +76,14 @@ class LguestBackend(Backend):
             raise LauncherError(f"cannot open {path}: {e.strerror} (the lguest module"
                                 " is needed: Linux dropped lguest in 4.14)") from e
 
+    def record_to(self, sink, memory_writes=None):
+        """Record this run as a trap stream (L:560): every finished record goes to
+        `sink`. Call before initialize() so the stream starts at LHREQ_INITIALIZE."""
+        from .tracefile import Recorder
+        self.recorder = Recorder(self._pread, self._pwrite, sink, word_size=self.word_size,
+                                 memory_writes=memory_writes)
+        self._pread, self._pwrite = self.recorder.pread, self.recorder.pwrite
+
     # -- the request words ---------------------------------------------------------
     def _request(self, what, *words):
         data = pack_words(words, self.word_size)
@@ -116,6 +124,9 @@ class LguestBackend(Backend):
         self._request(f"Reinjecting trap {trap}", LHREQ_TRAP, trap)
 
     def close(self):
+        if getattr(self, "recorder", None) is not None:
+            self.recorder.finish()
+            self.recorder = None
         if self.fd is not None:
             self._closer(self.fd)
             self.fd = None

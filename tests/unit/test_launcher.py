@@ -140,3 +140,16 @@ def test_fake_backend_with_a_real_image_loads_and_checks_it(tmp_path, capsys):
     broken.write_bytes(b"not a kernel" * 100)
     with pytest.raises(LauncherError, match="bzImage"):
         launch(LaunchConfig(mem_mb=8, kernel=str(broken), backend="fake"))
+
+
+def test_any_run_can_be_recorded_with_lguest_trace(tmp_path, monkeypatch, capsys):
+    from lguest.backends import tracefile
+    path = tmp_path / "run.trace"
+    monkeypatch.setenv("LGUEST_TRACE", str(path))
+    assert launch(LaunchConfig(mem_mb=4, kernel="none", backend="fake",
+                               devices=[DeviceSpec("rng")])) == 0
+    header, records = tracefile.read_trace(path)
+    assert header["config"]["devices"][0]["kind"] == "rng"
+    assert records[0]["type"] == "initialize" and records[-1]["type"] == "died"
+    traps = [r for r in records if r["type"] == "trap"]
+    assert len(traps) == len(records) - 2 and any(r["response"]["irqs"] for r in traps)
