@@ -15,7 +15,7 @@ import logging
 
 from ..errors import GuestError, LauncherError
 from ..memory import PAGE_SIZE, MmioAllocator
-from .config import (CONFIG_SIZE, SIZE_MASKS, WINDOW_DATA_WORD, init_pci_host_bridge, ioread,
+from .config import (SIZE_MASKS, WINDOW_DATA_WORD, init_pci_host_bridge, ioread,
                      iowrite, virtio_pci_config)
 from .transport import BAR0_LAYOUT, VirtioPciTransport
 
@@ -95,9 +95,20 @@ class PciBus:
         self.configs[slot] = transport.pci_config
         self.slots[slot] = transport
         self.devices.append(transport)
-        self._window_starts.append(transport.mmio_addr)
-        self._window_owners.append(transport)
+        self.add_mmio_window(transport.mmio_addr, transport)
         return transport
+
+    #L:435 More MMIO than BAR0s: a backend may place a region of its own (an MSI-X
+    # table, say) with allocate_mmio() and add_mmio_window(). `handler` needs
+    # `mmio_size`, `emulate_mmio_read(off, size)` and `emulate_mmio_write(off, size,
+    # value)`, as a transport has. Windows are kept sorted for find_mmio_region().
+    def allocate_mmio(self, size):
+        return self._allocator.allocate(size)
+
+    def add_mmio_window(self, addr, handler):
+        i = bisect.bisect_right(self._window_starts, addr)
+        self._window_starts.insert(i, addr)
+        self._window_owners.insert(i, handler)
 
     def reset_all(self):
         """The seed's cleanup_devices(): reset every device (stops its runner)."""
@@ -131,11 +142,11 @@ class PciBus:
         i = bisect.bisect_right(self._window_starts, paddr) - 1
         if i < 0:
             return None
-        transport = self._window_owners[i]
-        off = paddr - transport.mmio_addr
-        if off >= transport.mmio_size:
+        handler = self._window_owners[i]
+        off = paddr - self._window_starts[i]
+        if off >= handler.mmio_size:
             return None
-        return transport, off
+        return handler, off
 
     # -- ports ------------------------------------------------------------------------
     #L:433 Port reads. "Default is to return all-ones on IO port reads, which
@@ -171,10 +182,8 @@ class PciBus:
         a = decode_config_address(self.config_address)
         if not a["enabled"] or a["function"] != 0 or a["bus"] != 0:
             return None
-        if a["register"] * 4 >= CONFIG_SIZE:
-            return None
         config = self.configs[a["device"]]
-        if config is None:
+        if config is None or a["register"] * 4 >= len(config.space):
             return None
         return a["device"], config, a["register"]
 

@@ -110,6 +110,8 @@ class PciConfig:
         self.name = name
         self.space = bytearray(CONFIG_SIZE)
         self.bar0_size = 0          # the seed's mmio_size: bytes of BAR0 in use
+        self.bar_sizes = {}         # extra sized BARs (1-5) a backend adds: index -> bytes
+        self._extra_caps = []       # (first word, last word, on_write) of added capabilities
 
     def __getitem__(self, field):
         off, size = FIELDS[field]
@@ -139,13 +141,17 @@ class PciConfig:
     # VIRTIO_PCI_CAP_PCI_CFG": its bar, offset and length. Anything else is refused
     # (the caller turns False into the seed's "Attempt to write to port").
     def write(self, reg, portoff, size, value):
-        if reg == BAR0_WORD:
+        bar_size = self._bar_size(reg)
+        if bar_size is not None:
             word = iowrite(self.word(reg), portoff, size, value)
             low_bits = 1
-            while low_bits < self.bar0_size:
+            while low_bits < bar_size:
                 low_bits <<= 1
             self.set_word(reg, word & ~(low_bits - 1))
             return True
+        for first, last, on_write in self._extra_caps:
+            if first <= reg <= last:
+                return bool(on_write and on_write(self, reg, portoff, size, value))
         if reg in OTHER_BAR_WORDS or reg == ROM_WORD or reg in WINDOW_CAP_WORDS:
             self.set_word(reg, iowrite(self.word(reg), portoff, size, value))
             return True
@@ -155,6 +161,36 @@ class PciConfig:
         if reg == COMMAND_WORD and size == 2:
             return True
         return False
+
+    def _bar_size(self, reg):
+        if reg == BAR0_WORD:
+            return self.bar0_size
+        return self.bar_sizes.get(reg - BAR0_WORD)
+
+    #L:405 An extension point the seed did not need: a backend that offers more than
+    # the seed did (KVM's MSI-X: a capability, and a table in another BAR) appends a
+    # capability after ours and links it at the end of the chain. Its bytes are
+    # read like any others; writes to it go to `on_write(config, reg, portoff, size,
+    # value) -> bool` (False: refused), and only there.
+    def add_capability(self, cap_id, body=b"", on_write=None):
+        """Append a capability (id, next, then `body`); return its offset."""
+        at = (len(self.space) + 3) & ~3
+        length = (2 + len(body) + 3) & ~3
+        if at + length > 256:
+            raise ValueError("no room left in the 256 bytes of config space")
+        self.space.extend(bytes(at + length - len(self.space)))
+        self.space[at] = cap_id
+        self.space[at + 2:at + 2 + len(body)] = body
+        pos = self["capabilities"]
+        if pos == 0:
+            self["capabilities"] = at
+            self["status"] |= PCI_STATUS_CAP_LIST
+        else:
+            while self.space[pos + 1]:
+                pos = self.space[pos + 1]
+            self.space[pos + 1] = at
+        self._extra_caps.append((at // 4, (at + length) // 4 - 1, on_write))
+        return at
 
     #L:403 The PCI_CFG window is a backdoor to BAR0 through config space: the driver
     # sets cap.bar, cap.offset and cap.length, then touches pci_cfg_data. "We can get

@@ -265,3 +265,15 @@ def test_io_goes_only_through_the_callable(rig):
     h = driver.probe()[0]
     h.negotiate()
     assert {s for s, _ in log} == {PIO, MMIO}
+
+
+def test_probe_walks_past_a_backends_extra_capability(rig):
+    bus, driver, _, _, _ = rig
+    bus.configs[1].add_capability(0x11, bytes(10))        # an MSI-X capability, say
+    bus.configs[1].add_capability(0x09, bytes([0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]))
+    h = driver.probe()[0]
+    # Linux takes the first capability of each virtio type: the later DEVICE_CFG
+    # copy (cfg_type 4) does not replace the real one.
+    assert h.caps[4]["pos"] == 116
+    h.negotiate()
+    assert h.read_config(0, 8) == 0x0123456789ABCDEF

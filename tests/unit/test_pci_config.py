@@ -243,3 +243,69 @@ def test_window_of_the_host_bridge_is_never_valid(bus):
     window(bus, 0, 0, 0, 4)
     with pytest.raises(GuestError):
         cfg_read(bus, 0, 148, 4)
+
+
+# -- the extension point for a backend's own capability and BAR (L:405, L:435) ---------
+
+MSIX_CAP_ID = 0x11
+
+
+def test_added_capability_joins_the_chain_and_routes_its_writes(bus):
+    config = bus.configs[1]
+    writes = []
+
+    def on_write(cfg, reg, portoff, size, value):
+        writes.append((reg, portoff, size, value))
+        return portoff == 2          # only message control (bytes 2-3) is writable
+
+    body = (0).to_bytes(2, "little") + (1).to_bytes(4, "little") + (0x801).to_bytes(4, "little")
+    at = config.add_capability(MSIX_CAP_ID, body, on_write)
+    assert at == 152
+    assert cfg_read(bus, 1, 116 + 1, 1) == 152            # device cap -> the new one
+    assert cfg_read(bus, 1, 152, 2) == MSIX_CAP_ID         # id, next 0
+    assert cfg_read(bus, 1, 156, 4) == 1 and cfg_read(bus, 1, 160, 4) == 0x801
+    assert cfg_read(bus, 1, 164, 4) == 0xFFFFFFFF          # past its end: nothing
+    cfg_write(bus, 1, 154, 2, 0x8000)
+    assert writes == [(38, 2, 2, 0x8000)]
+    with pytest.raises(UnclaimedAccess):
+        cfg_write(bus, 1, 156, 4, 0)
+
+
+def test_capability_on_a_config_without_a_chain_starts_one():
+    config = pc.init_pci_host_bridge()
+    at = config.add_capability(MSIX_CAP_ID, b"\x00\x00")
+    assert config["capabilities"] == at and config["status"] & pc.PCI_STATUS_CAP_LIST
+    assert config.space[at + 1] == 0
+    assert config.write(at // 4, 0, 4, 0) is False          # no on_write: read-only
+    while len(config.space) + 16 <= 256:
+        config.add_capability(9, bytes(10))
+    with pytest.raises(ValueError):
+        config.add_capability(9, bytes(200))
+
+
+def test_an_extra_sized_bar_and_mmio_window(bus):
+    class Table:
+        mmio_size = 32
+
+        def __init__(self):
+            self.regs = bytearray(32)
+
+        def emulate_mmio_read(self, off, size):
+            return int.from_bytes(self.regs[off:off + size], "little")
+
+        def emulate_mmio_write(self, off, size, value):
+            self.regs[off:off + size] = value.to_bytes(size, "little")
+
+    config = bus.configs[1]
+    addr = bus.allocate_mmio(32)
+    config.bar_sizes[1] = 32
+    config["bar1"] = addr
+    cfg_write(bus, 1, 20, 4, 0xFFFFFFFF)
+    assert cfg_read(bus, 1, 20, 4) == 0xFFFFFFE0
+    table = Table()
+    bus.add_mmio_window(addr, table)
+    bus.access(MMIO, addr + 4, 4, True, 0xFEE00000)
+    assert bus.access(MMIO, addr + 4, 4, False) == 0xFEE00000
+    assert bus.find_mmio_region(addr + 32) is None
+    first = bus.devices[0]
+    assert bus.find_mmio_region(first.mmio_addr + 8) == (first, 8)
