@@ -173,11 +173,12 @@ class LguestBackend(Backend):
         #L:523 emulate_insn(): only the guest kernel (CPL 1, L:501) may do port I/O
         # through us; anything we do not recognise goes back to the guest as the
         # general protection fault it was.
-        if not x86.privileged_enough(self.get_reg("xcs")):
-            self.reinject(TRAP_GPF)
-            return None
-        insn = x86.decode_port_insn(insn_bytes)
+        xcs = self.get_reg("xcs")
+        insn = x86.decode_port_insn(insn_bytes) if x86.privileged_enough(xcs) else None
         if insn is None:
+            why = "not emulated" if x86.privileged_enough(xcs) else f"from CPL {xcs & 3}"
+            self.warn(f"GPF at {self.get_reg('eip'):#x} ({why}): "
+                      + " ".join(f"{c:02x}" for c in insn_bytes[:4]) + ", re-injecting trap 13")
             self.reinject(TRAP_GPF)
             return None
         if insn.kind == "cli":
