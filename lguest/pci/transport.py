@@ -15,8 +15,9 @@ import logging
 
 from ..devices.base import InlineRunner, VirtioDevice
 from ..errors import GuestError
-from ..virtio import (F_VERSION_1, ISR_CONFIG, ISR_QUEUE, STATUS_ACKNOWLEDGE, STATUS_DRIVER,
-                      STATUS_DRIVER_OK, STATUS_FEATURES_OK, bit)
+from ..virtio import (F_VERSION_1, ISR_CONFIG, ISR_QUEUE, STATUS_ACKNOWLEDGE,
+                      STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER, STATUS_DRIVER_OK,
+                      STATUS_FEATURES_OK, bit)
 from ..virtqueue import Virtqueue
 
 # struct virtio_pci_common_cfg, with the names of the virtio 1.0 spec (4.1.4.3).
@@ -112,7 +113,8 @@ _UNAVAILABLE = _QueueRegs(0)
 class VirtioPciTransport:
     """BAR0 of one virtio device, and the life cycle it drives."""
 
-    def __init__(self, device, memory, *, runner=None, irq_line=0, mmio_addr=0, raise_irq=None):
+    def __init__(self, device, memory, *, runner=None, irq_line=0, mmio_addr=0, raise_irq=None,
+                 lenient=False):
         if not isinstance(device, VirtioDevice):
             raise TypeError(f"{device!r} is not a VirtioDevice")
         self.device = device
@@ -125,6 +127,11 @@ class VirtioPciTransport:
         self.raise_irq = raise_irq or (lambda: None)
         self.msix = None
         self.msix_config_vector = VIRTIO_MSI_NO_VECTOR
+        self.broken = None          # lenient mode: the GuestError that broke the device (L:425)
+        self.errors = []            # every GuestError lenient mode absorbed
+        self.lenient = False
+        self._chained_on_error = None
+        self.set_lenient(lenient)
         self._queues = [_QueueRegs(device.queue_max_size) for _ in device.queue_names]
         self.virtqueues = [None] * len(self._queues)
         # ISR bits waiting for the driver. A dict, because setting one key and popping
@@ -136,6 +143,7 @@ class VirtioPciTransport:
 
     def _power_on(self):
         self.status = 0
+        self.broken = None
         self.device_feature_select = 0
         self.driver_feature_select = 0
         self.features_accepted = 0
@@ -149,6 +157,47 @@ class VirtioPciTransport:
         self.virtqueues = [None] * len(self._queues)
         self.msix_config_vector = VIRTIO_MSI_NO_VECTOR
         self._isr.clear()
+
+    #L:425 Lenient mode (--lenient; the default for vhost-user). Strict, as the seed,
+    # a guest error ends the launcher. Lenient, a device the guest misuses does what
+    # virtio 1.0 2.1.1 gives it for the purpose: "The device SHOULD set
+    # DEVICE_NEEDS_RESET when it enters an error state that a reset is needed. If
+    # DRIVER_OK is set, after it sets DEVICE_NEEDS_RESET, the device MUST send a device
+    # configuration change notification to the driver." It stops serving its queues,
+    # logs the rule once, ignores further writes (except a reset: writing 0 to
+    # device_status), answers refused reads with all ones, and after the reset works
+    # as new. The guest and the other devices go on. Errors from queue threads come
+    # through the runner's on_error, which this transport takes over.
+    def set_lenient(self, lenient):
+        self.lenient = bool(lenient)
+        chained = getattr(self.runner, "on_error", False)
+        if self.lenient and chained is not False and chained != self._queue_failed:
+            self._chained_on_error = chained
+            self.runner.on_error = self._queue_failed
+
+    def _queue_failed(self, exc):
+        if isinstance(exc, GuestError):
+            self.misused(exc)
+        elif self._chained_on_error is not None:
+            self._chained_on_error(exc)
+        else:
+            log.error("%s: queue stopped: %s", self.name, exc)
+
+    def misused(self, error):
+        """The guest broke a rule: raise it (strict) or enter DEVICE_NEEDS_RESET."""
+        if not self.lenient:
+            raise error
+        error.where(self.name)
+        error.__traceback__ = None      # its frames may hold views of guest memory
+        self.errors.append(error)
+        if self.broken is not None:
+            log.debug("%s: (needs reset) %s", self.name, error)
+            return
+        self.broken = error
+        log.error("%s; device needs reset", error)
+        self.status |= STATUS_DEVICE_NEEDS_RESET
+        self.runner.stop()          # may be this very queue's thread: it does not join itself
+        self.config_changed()
 
     def attach_msix(self, hook):
         """Give the device MSI-X (a backend with an MSI-X capability calls this before
@@ -239,10 +288,17 @@ class VirtioPciTransport:
     def emulate_mmio_write(self, off, size, value):
         """A driver write of `size` bytes at offset `off` of BAR0."""
         value &= (1 << (8 * size)) - 1
-        handler = _WRITE_HANDLERS.get(off)
-        if handler is not None:
-            return handler(self, off, size, value)
-        return self._write_elsewhere(off, size, value)
+        if self.broken is not None and not (off == OFFSET["device_status"] and value == 0):
+            log.debug("%s: needs reset; write of %#x at %d ignored", self.name, value, off)
+            return None
+        try:
+            handler = _WRITE_HANDLERS.get(off)
+            if handler is not None:
+                return handler(self, off, size, value)
+            return self._write_elsewhere(off, size, value)
+        except GuestError as e:
+            self.misused(e)
+            return None
 
     #L:414 Features. 4.1.4.3.1: "The device MUST present the feature bits it is
     # offering in device_feature, starting at bit device_feature_select * 32 for any
@@ -300,11 +356,11 @@ class VirtioPciTransport:
         if new_bit == STATUS_DRIVER_OK and self.wrote_features_ok:
             raise self._error("did not re-read FEATURES_OK")
         self._need_width(size, 1, "write to", off)
+        if new_bit == STATUS_DRIVER_OK:
+            self._go_live()     # first: a device that refuses to start leaves status alone
         self.status = value
         if new_bit == STATUS_FEATURES_OK:
             self.wrote_features_ok = True
-        elif new_bit == STATUS_DRIVER_OK:
-            self._go_live()
 
     #L:416 One window of registers onto many queues: queue_select picks the queue
     # the per-queue registers (queue_size onwards) show. Each queue keeps its own, as
@@ -418,10 +474,14 @@ class VirtioPciTransport:
     # -- reads ----------------------------------------------------------------------
     def emulate_mmio_read(self, off, size):
         """A driver read of `size` bytes at offset `off` of BAR0."""
-        handler = _READ_HANDLERS.get(off)
-        if handler is not None:
-            return handler(self, off, size)
-        return self._read_elsewhere(off, size)
+        try:
+            handler = _READ_HANDLERS.get(off)
+            if handler is not None:
+                return handler(self, off, size)
+            return self._read_elsewhere(off, size)
+        except GuestError as e:
+            self.misused(e)
+            return (1 << (8 * max(size, 1))) - 1
 
     def _read_feature(self, off, size):
         # 3.1.1: "Set the DRIVER status bit ... Read device feature bits".
