@@ -20,94 +20,12 @@ from ..virtio import (F_VERSION_1, ISR_CONFIG, ISR_QUEUE, STATUS_ACKNOWLEDGE,
                       STATUS_FEATURES_OK, bit)
 from ..virtqueue import Virtqueue
 
-# struct virtio_pci_common_cfg, with the names of the virtio 1.0 spec (4.1.4.3).
-COMMON_CFG = (
-    ("device_feature_select", 0, 4), ("device_feature", 4, 4),
-    ("driver_feature_select", 8, 4), ("driver_feature", 12, 4),
-    ("msix_config", 16, 2), ("num_queues", 18, 2),
-    ("device_status", 20, 1), ("config_generation", 21, 1),
-    ("queue_select", 22, 2), ("queue_size", 24, 2), ("queue_msix_vector", 26, 2),
-    ("queue_enable", 28, 2), ("queue_notify_off", 30, 2),
-    ("queue_desc_lo", 32, 4), ("queue_desc_hi", 36, 4),
-    ("queue_avail_lo", 40, 4), ("queue_avail_hi", 44, 4),
-    ("queue_used_lo", 48, 4), ("queue_used_hi", 52, 4),
-)
-REG = {name: (off, size) for name, off, size in COMMON_CFG}
-OFFSET = {name: off for name, off, _ in COMMON_CFG}
-COMMON_CFG_SIZE = 56
-NOTIFY_OFFSET = 56          # u16 notify
-ISR_OFFSET = 58             # u8 isr
-PADDING_OFFSET = 59         # u8 padding
-DEVICE_CFG_OFFSET = 60      # sizeof(struct virtio_pci_mmio): device config follows
-QUEUE_REGS_START = OFFSET["queue_size"]     # per-queue registers: queue_size onwards
-QUEUE_REGS_SIZE = COMMON_CFG_SIZE - QUEUE_REGS_START
-ADDRESS_REGS = ("queue_desc_lo", "queue_desc_hi", "queue_avail_lo", "queue_avail_hi",
-                "queue_used_lo", "queue_used_hi")
-EMERG_WR_OFFSET = 8         # struct virtio_console_config: cols, rows, max_nr_ports, emerg_wr
-VIRTIO_MSI_NO_VECTOR = 0xFFFF
+from .registers import (ADDRESS_REGS, BAR0_LAYOUT, COMMON_CFG, COMMON_CFG_SIZE,  # noqa: F401
+                        DEVICE_CFG_OFFSET, EMERG_WR_OFFSET, ISR_OFFSET, NOTIFY_OFFSET, OFFSET,
+                        PADDING_OFFSET, QUEUE_REGS_SIZE, QUEUE_REGS_START, REG, UNAVAILABLE,
+                        VIRTIO_MSI_NO_VECTOR, MsixHook, QueueRegs, width_bits)
 
 log = logging.getLogger(__name__)   # the seed's verbose() lines, at DEBUG
-
-# Where each region of BAR0 lies, for the capabilities of the config space (L:404).
-BAR0_LAYOUT = {"common": (0, COMMON_CFG_SIZE), "notify": (NOTIFY_OFFSET, 2),
-               "isr": (ISR_OFFSET, 1), "device": (DEVICE_CFG_OFFSET, 0)}
-
-_WIDTH_BITS = {1: 8, 2: 16, 4: 32}
-
-
-def _width_name(size):
-    return _WIDTH_BITS.get(size, 8)
-
-
-class MsixHook:
-    """The extension point the seed did not have. Without a hook, MSI-X register
-    accesses are refused as the seed refused them. A backend that offers an MSI-X
-    capability (KVM) sets `transport.msix` to an object with this shape."""
-
-    def enabled(self):
-        """True while the driver has MSI-X switched on (interrupts go as messages)."""
-        raise NotImplementedError
-
-    def accept_vector(self, vector):
-        """The driver asked for `vector`: return it, or VIRTIO_MSI_NO_VECTOR if it
-        cannot be mapped (4.1.5.1.2: the driver reads the register back to know)."""
-        raise NotImplementedError
-
-    def signal(self, vector):
-        """Send the message of `vector` to the guest."""
-        raise NotImplementedError
-
-
-class _QueueRegs:
-    """One queue's registers (queue_size onwards), kept while another is selected:
-    the seed's save_vq_config()/restore_vq_config() without the copying."""
-
-    def __init__(self, max_size):
-        self.regs = bytearray(QUEUE_REGS_SIZE)
-        self.reset(max_size)
-
-    def reset(self, max_size):
-        # 4.1.4.3.1: "The device MUST present a 0 in queue_enable on reset."
-        self.regs[:] = bytes(QUEUE_REGS_SIZE)
-        self.set("queue_size", max_size)
-
-    def get(self, name):
-        off, size = REG[name]
-        off -= QUEUE_REGS_START
-        return int.from_bytes(self.regs[off:off + size], "little")
-
-    def set(self, name, value):
-        off, size = REG[name]
-        off -= QUEUE_REGS_START
-        self.regs[off:off + size] = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
-
-    def address(self, part):
-        return self.get(f"queue_{part}_lo") | (self.get(f"queue_{part}_hi") << 32)
-
-
-# 4.1.4.3.1: "The device MUST present a 0 in queue_size if the virtqueue corresponding
-# to the current queue_select is unavailable." An unavailable queue reads as all zeros.
-_UNAVAILABLE = _QueueRegs(0)
 
 
 class VirtioPciTransport:
@@ -132,7 +50,7 @@ class VirtioPciTransport:
         self.lenient = False
         self._chained_on_error = None
         self.set_lenient(lenient)
-        self._queues = [_QueueRegs(device.queue_max_size) for _ in device.queue_names]
+        self._queues = [QueueRegs(device.queue_max_size) for _ in device.queue_names]
         self.virtqueues = [None] * len(self._queues)
         # ISR bits waiting for the driver. A dict, because setting one key and popping
         # one key are each atomic: a runner thread raising an interrupt cannot lose a
@@ -224,14 +142,14 @@ class VirtioPciTransport:
     def _selected(self):
         if self.queue_select < len(self._queues):
             return self._queues[self.queue_select]
-        return _UNAVAILABLE
+        return UNAVAILABLE
 
     def _error(self, rule, detail=None):
         return GuestError(rule, device=self.name, detail=detail)
 
     def _need_width(self, size, want, verb, off):
         if size != want:
-            bits = _width_name(want)
+            bits = width_bits(want)
             raise self._error(f"non-{bits}-bit {verb} offset", f"offset {off} size {size}")
 
     # -- the life cycle -------------------------------------------------------------
@@ -371,7 +289,7 @@ class VirtioPciTransport:
 
     def _writable_queue(self):
         regs = self._selected()
-        if regs is _UNAVAILABLE:
+        if regs is UNAVAILABLE:
             # The seed followed a NULL queue here; we refuse.
             raise self._error("setup of unavailable queue", f"queue_select {self.queue_select}")
         return regs
