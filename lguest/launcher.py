@@ -188,7 +188,8 @@ def launch(config, *, out=None, reexec=None):
         hosts = _devices(config, backend.name == "fake", out, on_error)
         bus = PciBus(memory)
         for host in hosts:
-            bus.add_device(host.device, host.runner)
+            # --lenient: a misused device needs a reset instead of ending us (L:425).
+            bus.add_device(host.device, host.runner).set_lenient(config.lenient)
         entry, zero_page = _load(config, memory, backend)
         backend.attach_bus(bus)
         backend.initialize(memory, entry, mmio_limit=bus.mmio_limit, boot_params=zero_page)
