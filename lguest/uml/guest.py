@@ -99,10 +99,10 @@ class Guest:
 
     def _servers(self, stack, workdir, console_sink):
         """Start the back-ends; return [(socket, virtio id)] in the order UML should see them."""
-        if not (self.block or self.console or self.net):
+        if not (self.block or self.console or self.net is not None):
             return []
         if self.backend == "qsd":
-            if self.console or self.net:
+            if self.console or self.net is not None:
                 raise LauncherError("the qemu-storage-daemon back-end serves block devices only")
             return stack.enter_context(servers.QsdBlockServer(self.block, workdir)).devices
         if self.backend != "lguest":
@@ -117,6 +117,8 @@ class Guest:
         names = [f"vd{chr(ord('a') + i)}" for i in range(len(blocks))]
         if self.console:
             names.append("hvc0")
+        if self.net is not None:
+            names.append("eth0")
         return names
 
     def run(self, command, *, timeout=None, on_stdout=None, on_stderr=None, text=True):

@@ -3,9 +3,9 @@
 #L:820 The guest's whole life is one shell script. The host passes everything it needs
 # on the kernel command line, which the kernel hands to init as environment variables:
 # `lguest_cmd` (the command, base64 so no quoting survives to bite us), `lguest_wait`
-# (device nodes to wait for: vda,vdb,hvc0), `lguest_ip` (an address for eth0) and
-# `lguest_stdout` (tty1, or hvc0 to send the command's output through our virtio
-# console). UML's console lines are host file descriptors (L:840): /dev/tty1 carries the
+# (devices to wait for: vda,vdb,hvc0 in /dev, eth0 in /sys/class/net), `lguest_ip`
+# (an address for eth0) and `lguest_stdout` (tty1, or hvc0 to send the command's
+# output through our virtio console). UML's console lines are host file descriptors (L:840): /dev/tty1 carries the
 # command's stdout, /dev/tty2 its stderr and /dev/tty3 one line, "lguest-exit-status N",
 # the channel nothing else writes to, so the host can trust it. Then `poweroff -f`, and
 # the UML process exits. If the script dies, the kernel panics ("Attempted to kill
@@ -28,8 +28,10 @@ for m in $(cat /lib/modules/load-order); do
 done
 for d in $(echo "$lguest_wait" | tr , ' '); do
   n=0
-  while [ ! -e /dev/$d ] && [ $n -lt 100 ]; do usleep 20000; n=$((n+1)); done
-  [ -e /dev/$d ] || echo "lguest init: /dev/$d did not appear" >&2
+  while [ ! -e /dev/$d ] && [ ! -e /sys/class/net/$d ] && [ $n -lt 100 ]; do
+    usleep 20000; n=$((n+1))
+  done
+  [ -e /dev/$d ] || [ -e /sys/class/net/$d ] || echo "lguest init: $d did not appear" >&2
 done
 if [ -n "$lguest_ip" ]; then
   ip link set lo up; ip link set eth0 up && ip addr add "$lguest_ip" dev eth0

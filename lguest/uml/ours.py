@@ -6,51 +6,17 @@
 # console's output must reach our stdout in order with everything else, and because a
 # Python start-up per device would double the cost of `lguest run -- true`. The price
 # is that a bug in a device thread is a bug in us: the servers are closed (and the
-# sockets removed) on every way out of the `with`.
+# sockets removed) on every way out of the `with`. The devices, their host resources
+# and runners are the back-end's own factories (L:760): nothing here is device code.
 """
 
 import os
 
-from ..devices.block import BlockDevice
 from ..devices.console import ConsoleDevice
 from ..errors import LauncherError
-from ..vhost_user.backend import VhostUserBackend
+from ..vhost_user import devices as served_devices
 from ..vhost_user.server import VhostUserServer
 from . import servers
-
-
-class FileStore:
-    """A block device's file, as the store BlockDevice wants (L:340)."""
-
-    def __init__(self, path, read_only):
-        try:
-            self.fd = os.open(path, os.O_RDONLY if read_only else os.O_RDWR)
-        except OSError as e:
-            raise LauncherError(f"cannot open block file {path}: {e.strerror}") from None
-        self.size = os.fstat(self.fd).st_size
-
-    def readv_at(self, offset, views):
-        return os.preadv(self.fd, views, offset)
-
-    def writev_at(self, offset, views):
-        return os.pwritev(self.fd, views, offset)
-
-    def flush(self):
-        os.fsync(self.fd)
-
-    def close(self):
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-
-def _host_store(path, read_only):
-    """The host layer's store if it is there (host/block.py), else ours."""
-    try:
-        from ..host.block import FileStore as HostFileStore
-    except ImportError:
-        return FileStore(path, read_only)
-    return HostFileStore(path, read_only=read_only)
 
 
 class CallbackSink:
@@ -67,37 +33,53 @@ class CallbackSink:
         return total
 
 
+def console_to(callback):
+    """A console whose output goes to a callback and which has no input (L:320)."""
+    return served_devices.Served(ConsoleDevice(CallbackSink(callback), name="hvc0"))
+
+
 class OurServers:
-    """Start one vhost-user server per device; `.devices` lists (socket, virtio id)."""
+    """Start one vhost-user server per device; `.devices` lists (socket, virtio id).
+
+    `net` is the back-end's own spec (tap:NAME[:HOSTIP]), or an already built Served
+    device (one end of a guest-to-guest pair, L:760)."""
 
     def __init__(self, blocks, workdir, *, console=False, console_sink=None, net=None):
-        if net:
-            raise LauncherError("--net is not served to UML guests yet")
-        self.blocks = [servers.parse_block_spec(b) for b in blocks]
+        for spec in blocks:
+            servers.parse_block_spec(spec)
+        self.blocks = list(blocks)
         self.workdir = workdir
         self.console = console
         self.console_sink = console_sink or (lambda data: None)
+        self.net = net
         self.devices = []
         self._servers = []
-        self._stores = []
+        self._served = []
 
-    def _serve(self, device, name, virtio_id):
+    def _serve(self, served, name, virtio_id, owned=True):
+        if owned:
+            self._served.append(served)
         path = os.path.join(self.workdir, f"{name}.sock")
-        server = VhostUserServer(VhostUserBackend(device), path)
+        server = VhostUserServer(served.backend(), path)
         self._servers.append(server)
         server.serve_in_thread()
         self.devices.append((path, virtio_id))
 
+    def _net(self):
+        if isinstance(self.net, str):
+            return served_devices.net_tap(self.net), True
+        return self.net, False          # the caller owns a shared pair end
+
     def __enter__(self):
         try:
-            for i, (path, read_only) in enumerate(self.blocks):
-                store = _host_store(path, read_only)
-                self._stores.append(store)
-                self._serve(BlockDevice(store, read_only=read_only, name=f"vd{chr(97 + i)}"),
+            for i, spec in enumerate(self.blocks):
+                self._serve(served_devices.block(spec, name=f"vd{chr(97 + i)}"),
                             f"blk{i}", servers.VIRTIO_ID_BLOCK)
             if self.console:
-                self._serve(ConsoleDevice(CallbackSink(self.console_sink), name="hvc0"),
-                            "console", servers.VIRTIO_ID_CONSOLE)
+                self._serve(console_to(self.console_sink), "console", servers.VIRTIO_ID_CONSOLE)
+            if self.net is not None:
+                served, owned = self._net()
+                self._serve(served, "net", servers.VIRTIO_ID_NET, owned)
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -106,7 +88,7 @@ class OurServers:
     def __exit__(self, *exc):
         for server in self._servers:
             server.close()
-            server.backend.close()
-        for store in self._stores:
-            store.close()
-        self._servers, self._stores = [], []
+            server.backend.disconnect()
+        for served in self._served:
+            served.close()
+        self._servers, self._served = [], []

@@ -1,0 +1,41 @@
+"""Two UML guests on one cable: each one's eth0 is one end of our guest-to-guest link.
+
+#L:885 A network test needs something at the other end. Two guests joined by the
+# back-end's datagram pair (L:760) need no privileges, no tap and no host address plan,
+# and both sides are real Linux virtio_net drivers talking through our NetDevice: every
+# frame crosses our tx queue code in one guest and our rx queue code in the other. Both
+# guests boot at once (threads: each boot is a process we wait on), each with its own
+# address; run_pair returns both Results, or raises the first guest's failure.
+"""
+
+import threading
+
+from ..vhost_user import devices as served_devices
+from .guest import Guest
+
+
+def run_pair(commands, ips, *, timeout=60.0, kit=None, mem=64):
+    """Boot two guests joined by a cable; run commands[i] in guest i with address ips[i]."""
+    ends = served_devices.net_pair()
+    results, errors = [None, None], [None, None]
+
+    def one(i):
+        try:
+            with Guest(net=ends[i], ip=ips[i], timeout=timeout, kit=kit, mem=mem) as g:
+                results[i] = g.run(commands[i])
+        except BaseException as e:        # re-raised in the caller's thread below
+            errors[i] = e
+
+    try:
+        threads = [threading.Thread(target=one, args=(i,), name=f"uml-guest{i}") for i in (0, 1)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        for end in ends:
+            end.close()
+    for e in errors:
+        if e is not None:
+            raise e
+    return results
