@@ -1,0 +1,162 @@
+"""vhost-user-blk: our back-end next to qemu-storage-daemon, the same UML guest and image.
+
+Each back-end runs as its own host process (ours: `python -m lguest vhost-user
+--block=IMG`; theirs: `qemu-storage-daemon --export type=vhost-user-blk`, file driver,
+host page cache on for both), serving one 256 MiB image file to a fresh UML guest that
+runs bench/blkbench.c (compiled static at bench time, appended to the kit's initramfs).
+Runs alternate ours/theirs so load from elsewhere hits both alike. Phases are timed on
+the host from the moments blkbench's marker lines arrive. While the guest runs, a
+sampler reads the back-end's resident memory from /proc/PID/smaps, leaving out the
+guest's RAM (the UML memory file both map shared), for the memory section.
+"""
+
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from common import bench_kit, compile_c, ensure_command, median, rss_kib, say, Row, ROOT
+
+from lguest.uml import process, servers
+
+PHASES = ("seqread", "randread", "seqwrite", "flush")
+
+
+class Sampler(threading.Thread):
+    """Peak RSS (KiB, guest RAM left out) of `pid` every 20 ms until stopped."""
+
+    def __init__(self, pid, exclude):
+        super().__init__(daemon=True)
+        self.pid, self.exclude, self.peak = pid, exclude, 0
+        self.done = threading.Event()
+
+    def run(self):
+        while not self.done.wait(0.02):
+            try:
+                self.peak = max(self.peak, rss_kib(self.pid, self.exclude))
+            except (OSError, ValueError, IndexError):
+                return
+
+    def stop(self):
+        self.done.set()
+        self.join()
+        return self.peak
+
+
+def start_backend(which, image, sock):
+    if which == "ours":
+        argv = [sys.executable, "-m", "lguest", "vhost-user", f"--socket={sock}",
+                f"--block={image}"]
+    else:
+        argv = [ensure_command("qemu-storage-daemon", ["qemu-system-common"]),
+                "--blockdev", f"driver=file,node-name=f0,filename={image},cache.direct=off",
+                "--export", "type=vhost-user-blk,id=e0,node-name=f0,addr.type=unix,"
+                f"addr.path={sock},writable=on"]
+    proc = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    servers.wait_for_socket(sock, proc, what=which)
+    return proc
+
+
+def stop_backend(proc):
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    err = proc.stderr.read().decode(errors="replace").strip()
+    proc.stderr.close()
+    return err
+
+
+def one_run(kit, image, which, sizes, timeout):
+    """{phase: (host seconds, ops, guest seconds)} and the back-end's peak RSS in KiB."""
+    marks, pending = {}, bytearray()
+
+    def stamp(data):
+        now = time.monotonic()
+        pending.extend(data)
+        while b"\n" in pending:
+            line, _, rest = bytes(pending).partition(b"\n")
+            pending[:] = rest
+            words = line.decode(errors="replace").split()
+            if words:
+                marks[words[0]] = (now, words[1:])
+
+    with tempfile.TemporaryDirectory(prefix="lgb-", dir="/tmp") as workdir:
+        sock = os.path.join(workdir, "blk.sock")
+        proc = start_backend(which, image, sock)
+        sampler = Sampler(proc.pid, exclude=(workdir,))
+        sampler.start()
+        try:
+            command = "/bin/blkbench /dev/vda {read_mb} {write_mb} {rand_s} {flush_s}".format(**sizes)
+            outcome = process.boot(kit, command, workdir, timeout=timeout, on_stdout=stamp,
+                                   devices=[(sock, servers.VIRTIO_ID_BLOCK)], wait=["vda"])
+        finally:
+            peak = sampler.stop()
+            err = stop_backend(proc)
+    if outcome.status != 0 or any(f"{p}-end" not in marks for p in PHASES):
+        raise SystemExit(f"bench blk: {which} run failed (status {outcome.status}, "
+                         f"timed out {outcome.timed_out}):\n{bytes(outcome.stderr).decode()}"
+                         f"\n{outcome.log[-1500:]}\n{err[-1500:]}")
+    result = {}
+    for p in PHASES:
+        start, _ = marks[f"{p}-start"]
+        end, (ops, ns) = marks[f"{p}-end"]
+        result[p] = (end - start, int(ops), int(ns) / 1e9)
+    return result, peak
+
+
+def measure(runs=5, quick=False, timeout=300):
+    """Rows for the table, plus {'ours': KiB, 'qsd': KiB} peak back-end RSS."""
+    sizes = (dict(read_mb=256, write_mb=64, rand_s=0.4, flush_s=0.3, image_mb=64) if quick
+             else dict(read_mb=1024, write_mb=256, rand_s=1.5, flush_s=0.8, image_mb=256))
+    kit = bench_kit({"bin/blkbench": compile_c("blkbench.c", static=True)})
+    results = {"ours": [], "qsd": []}
+    peaks = {"ours": [], "qsd": []}
+    with tempfile.TemporaryDirectory(prefix="lguest-bench-blk-", dir="/var/tmp") as d:
+        image = os.path.join(d, "bench.img")
+        with open(image, "wb") as f:
+            chunk = os.urandom(1 << 20)
+            for _ in range(sizes["image_mb"]):
+                f.write(chunk)
+        for i in range(runs):
+            for which in results:
+                say(f"blk: run {i + 1}/{runs}, {which}")
+                r, peak = one_run(kit, image, which, sizes, timeout)
+                results[which].append(r)
+                peaks[which].append(peak)
+
+    def med(which, phase, fn):
+        return median(fn(*r[phase]) for r in results[which])
+
+    mbps = lambda secs, ops, guest: ops * (1 << 20) / secs / 1e6      # noqa: E731
+    iops = lambda secs, ops, guest: ops / secs                        # noqa: E731
+    lat_us = lambda secs, ops, guest: secs / ops * 1e6                # noqa: E731
+    note = f"median of {runs}"
+    rows = [
+        Row("blk", f"seq read 1 MiB O_DIRECT, {sizes['read_mb']} MiB", med("ours", "seqread", mbps),
+            med("qsd", "seqread", mbps), "MB/s", ">= 0.9x", note),
+        Row("blk", f"seq write 1 MiB O_DIRECT, {sizes['write_mb']} MiB + fdatasync",
+            med("ours", "seqwrite", mbps), med("qsd", "seqwrite", mbps), "MB/s", ">= 0.9x", note),
+        Row("blk", "rand read 4 KiB O_DIRECT, QD1", med("ours", "randread", iops),
+            med("qsd", "randread", iops), "IOPS", ">= 0.5x", note),
+        Row("blk", "flush (fdatasync on /dev/vda), QD1", med("ours", "flush", lat_us),
+            med("qsd", "flush", lat_us), "us", "", note, higher_is_better=False),
+    ]
+    return rows, {k: max(v) for k, v in peaks.items()}, results
+
+
+if __name__ == "__main__":
+    import argparse
+    from common import table
+    p = argparse.ArgumentParser(description="vhost-user-blk: ours vs qemu-storage-daemon")
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--quick", action="store_true")
+    a = p.parse_args()
+    rows, peaks, raw = measure(a.runs, a.quick)
+    print(table(rows))
+    print("peak back-end RSS without guest RAM (KiB):", peaks)
