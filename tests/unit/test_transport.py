@@ -424,3 +424,35 @@ def test_hostile_config_port_accesses_only_raise_guest_error(ops):
                 assert 0 <= got < (1 << (8 * size))
             except GuestError:
                 pass
+
+
+class Picky(Dev):
+    """Refuses to go live unless both queues were enabled."""
+
+    def activate(self, queues, negotiated):
+        if any(q is None for q in queues):
+            raise GuestError("needs both queues", device=self.name)
+        super().activate(queues, negotiated)
+
+
+def test_a_device_refusing_to_go_live_leaves_status_and_runner_alone(memory):
+    runner = InlineRunner()
+    t = tp.VirtioPciTransport(Picky(), memory, runner=runner)
+    to_features_ok(t)
+    setup_queue(t, 0, 0x1000)
+    assert rule_of(t.emulate_mmio_write, 20, 1, 15) == "needs both queues"
+    assert t.status == 0x0B and runner.device is None
+    setup_queue(t, 1, 0x4000)
+    t.emulate_mmio_write(20, 1, 15)
+    assert t.status == 15 and runner.device is t.device
+
+
+def test_queue_registers_read_and_write_by_name():
+    regs = tp.QueueRegs(64)
+    assert regs.get("queue_size") == 64 and regs.get("queue_enable") == 0
+    regs.set("queue_desc_lo", 0x1000)
+    regs.set("queue_desc_hi", 0x2)
+    assert regs.address("desc") == 0x2_0000_1000
+    regs.set("queue_size", 0x12345)               # wider than the field: truncated
+    assert regs.get("queue_size") == 0x2345
+    assert tp.width_bits(4) == 32 and tp.width_bits(3) == 8
