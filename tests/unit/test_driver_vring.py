@@ -249,3 +249,24 @@ def test_enable_cb_delayed_flag_mode(mem):
     dev.push(dev.pop().head, 0)
     assert not drv.enable_cb_delayed()          # already past 3/4 of one buffer
     assert mem.read_u16(drv.avail_addr) == 0
+
+
+@settings(max_examples=60)
+@given(entries=st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)),
+                        min_size=1, max_size=8),
+       small=st.booleans())
+def test_a_hostile_device_only_causes_driver_errors(entries, small):
+    """Whatever a device writes into the used ring, the driver raises DriverError or
+    hands back what it had outstanding, never more bytes than it offered."""
+    with GuestMemory(MEM) as mem:
+        _, drv, dev = pair(mem, size=8)
+        for _ in range(4):
+            drv.add_buffer([b"q"], [5])
+        for head, length in entries:
+            dev.push(head % 8 if small else head, length)
+        try:
+            for u in drv.collect():
+                assert len(u.data) <= 5
+        except DriverError:
+            pass
+        assert drv.num_free + 2 * drv.outstanding == 8
