@@ -277,3 +277,66 @@ def test_probe_walks_past_a_backends_extra_capability(rig):
     assert h.caps[4]["pos"] == 116
     h.negotiate()
     assert h.read_config(0, 8) == 0x0123456789ABCDEF
+
+
+def test_driver_notices_a_device_that_misbehaves(rig):
+    """Each io() lie below is something a broken device could do; the driver says so
+    with DriverError instead of carrying on."""
+    bus, _, _, reverser, quiet = rig
+
+    def lying(overrides):
+        def io(space, addr, size, is_write, value=0):
+            real = bus.access(space, addr, size, is_write, value)
+            for (s, a, w), fake in overrides.items():
+                if (s, a, w) == (space, addr, is_write):
+                    return fake(real) if callable(fake) else fake
+            return real
+        return VirtioPciDriver(io, bus.memory, GuestAllocator(0x10000, bus.memory.size))
+
+    base = reverser.mmio_addr
+    status, notify_off = base + 20, base + 30
+    h = lying({(MMIO, status, False): 1}).probe()[0]
+    with pytest.raises(DriverError, match="non-zero after reset"):
+        h.reset()
+    h = lying({(MMIO, status, False): lambda v: v & ~virtio.STATUS_FEATURES_OK}).probe()[0]
+    with pytest.raises(DriverError, match="refuses features"):
+        h.negotiate()
+    bus.configs[1]["notify.notify_off_multiplier"] = 4
+    h = lying({(MMIO, notify_off, False): 1}).probe()[0]
+    h.negotiate()
+    with pytest.raises(DriverError, match="notify offset"):
+        h.setup_queues()
+    d = lying({(PIO, 0xCFC, False): lambda v: 0 if v == 0xFFFFFF80 else v})
+    with pytest.raises(DriverError, match="BAR0 is not implemented"):
+        d.probe()
+
+
+def test_unavailable_queue_and_suppressed_kick(rig):
+    bus, driver, _, reverser, _ = rig
+    h = driver.probe()[0]
+    h.negotiate(features=VERSION_1)
+    reverser._queues[1].set("queue_size", 0)         # queue 1 unavailable
+    queues = h.setup_queues()
+    assert queues[1] is None and h.notify_addrs[1] is None
+    h.driver_ok()
+    q = h.queue(0)
+    bus.memory.write_u16(q.used_addr, virtio.VRING_USED_F_NO_NOTIFY)
+    q.add_buffer([b"ab"], [2])
+    assert h.kick(0) is False and reverser.device.seen_readable == []
+    bus.memory.write_u16(q.used_addr, 0)
+    q.add_buffer([b"cd"], [2])
+    assert h.kick(0) is True
+    assert [u.data for u in q.collect()] == [b"ba", b"dc"]
+    assert "irq 1" in repr(reverser)
+
+
+def test_config_writes_go_to_the_device_config(rig):
+    bus, driver, _, _, quiet = rig
+    h = driver.probe()[1]
+    with pytest.raises(DriverError, match="no config"):
+        h.write_config(0, 4, 1)
+    h = driver.probe()[0]
+    h.negotiate()
+    with pytest.raises(GuestError) as e:
+        h.write_config(0, 4, 1)                        # read-only config
+    assert e.value.rule == "Unexpected write to offset"
