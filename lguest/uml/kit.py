@@ -13,8 +13,10 @@ import functools
 import glob
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 
 from ..errors import LauncherError
@@ -25,7 +27,7 @@ PACKAGES = ("user-mode-linux", "busybox-static")
 # The front-end drivers for the three virtio devices UML's virtio_uml can carry.
 WANTED_MODULES = ("virtio_blk", "virtio_net", "virtio_console")
 # Bump when the image layout changes, so old cached images are not reused.
-KIT_VERSION = 1
+KIT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -80,12 +82,20 @@ def fetch_debs(debs_dir, progress=say):
 def unpack(deb, unpacked_root, progress=say):
     """Unpack a .deb once into unpacked_root/<deb name>/; return that directory."""
     dest = os.path.join(unpacked_root, os.path.basename(deb)[:-len(".deb")])
-    stamp = os.path.join(dest, ".unpacked")
-    if not os.path.exists(stamp):
+    if not os.path.isdir(dest):
         progress(f"unpacking {os.path.basename(deb)}")
-        os.makedirs(dest, exist_ok=True)
-        archive.extract_deb(deb, dest)
-        open(stamp, "w").close()
+        os.makedirs(unpacked_root, exist_ok=True)
+        # Unpack beside, then rename: a half-unpacked tree is never mistaken for a whole
+        # one, and two runs unpacking at once do not trip over each other.
+        scratch = tempfile.mkdtemp(prefix=".unpacking-", dir=unpacked_root)
+        try:
+            archive.extract_deb(deb, scratch)
+            os.rename(scratch, dest)
+        except OSError:
+            if not os.path.isdir(dest):
+                raise
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     return dest
 
 

@@ -256,3 +256,14 @@ def test_cache_dir_follows_the_environment(monkeypatch):
     assert kit.cache_dir() == "/somewhere/else"
     monkeypatch.delenv("LGUEST_CACHE")
     assert kit.cache_dir().endswith(os.path.join(".cache", "lguest-py"))
+
+
+def test_unpack_happens_once_and_leaves_no_scratch(tmp_path):
+    deb = tmp_path / "pkg_1.0_all.deb"
+    deb.write_bytes(make_ar([("data.tar.gz", make_tar({"usr/bin/x": b"1"}, "w:gz"))]))
+    messages = []
+    dest = kit.unpack(str(deb), str(tmp_path / "u"), progress=messages.append)
+    assert open(os.path.join(dest, "usr/bin/x"), "rb").read() == b"1"
+    assert kit.unpack(str(deb), str(tmp_path / "u"), progress=messages.append) == dest
+    assert len(messages) == 1                          # the second call found it unpacked
+    assert os.listdir(tmp_path / "u") == ["pkg_1.0_all"]
