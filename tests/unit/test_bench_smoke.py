@@ -1,0 +1,67 @@
+"""bench/ imports, and its in-process measurements give sane positive numbers.
+
+No wall-clock limits: only that the figures exist, are positive, and the table
+and target logic read them the right way round."""
+
+import os
+import sys
+
+import pytest
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                     "bench")
+sys.path.insert(0, BENCH)
+
+import common  # noqa: E402
+import sim  # noqa: E402
+
+
+def test_every_section_module_imports():
+    import blk, boot, console, kvm_exits, suite  # noqa: F401
+    assert set(suite.SECTIONS) >= {"blk", "boot", "console", "kvm", "sim", "memory"}
+
+
+def test_simulation_measures_positive_rates():
+    negotiations, round_trips = sim.through_fake(2, 5)
+    assert negotiations > 0 and round_trips > 0
+    negotiations, round_trips = sim.direct(2, 5)
+    assert negotiations > 0 and round_trips > 0
+
+
+def test_memstore_reads_what_was_written():
+    store = sim.MemStore(4096)
+    store.writev_at(100, [memoryview(b"abc"), memoryview(b"de")])
+    out = [bytearray(2), bytearray(3)]
+    assert store.readv_at(100, [memoryview(b) for b in out]) == 5
+    assert bytes(out[0] + out[1]) == b"abcde"
+
+
+def test_targets_read_the_right_way_round():
+    assert common.Row("x", "m", 95, 100, "MB/s", ">= 0.9x").holds() is True
+    assert common.Row("x", "m", 85, 100, "MB/s", ">= 0.9x").holds() is False
+    assert common.Row("x", "m", 1.4, 1.0, "s", "<= 1.3x").holds() is False
+    assert common.Row("x", "m", 30, 9, "MiB", "<= 40 MiB").holds() is True
+    assert common.Row("x", "m", 41, 9, "MiB", "<= 40 MiB").holds() is False
+    assert common.Row("x", "m", 1, None, "s").ratio is None
+    text = common.table([common.Row("x", "m", 2.0, 4.0, "s", "<= 1.3x")])
+    assert "0.50x" in text and "| yes |" in text
+
+
+def test_rss_of_this_process_is_positive_and_exclusion_lowers_it():
+    whole = common.rss_kib(os.getpid())
+    assert whole > 0
+    assert common.rss_kib(os.getpid(), exclude=("python", "lib")) < whole
+
+
+@pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK), reason="no /dev/kvm")
+def test_python_kvm_exit_loop_runs():
+    import kvm_exits
+    try:
+        guest = kvm_exits.PyGuest()
+    except Exception as e:              # the KVM layer belongs to another issue
+        pytest.skip(f"KVM layer unusable here: {e}")
+    try:
+        assert guest.exits(50) > 0
+        assert guest.kicks(1) > 0
+    finally:
+        guest.close()
