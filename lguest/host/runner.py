@@ -108,10 +108,23 @@ class ThreadedRunner(DeviceRunner):
         poller.register(kick_fd, select.POLLIN)
         poller.register(stop_fd, select.POLLIN)
         watching = False
+        hung_up = False
         try:
             while True:
                 _drain(kick_fd)
-                self._serve_until_idle(device, qi, queue, interrupt)
+                progress = self._serve_until_idle(device, qi, queue, interrupt)
+                if hung_up and not progress:
+                    #L:903 A host fd that reports an error or hang-up and still gives
+                    # the device nothing (a tap whose interface was deleted answers
+                    # every read with EBADFD) would wake us for ever: a busy loop
+                    # filling the log. Say so once and stop watching it; kicks are
+                    # still served, so the guest's output goes on (and fails politely).
+                    log.warning("%s vq %s: host fd %d hung up; no longer watched",
+                                device.name, device.queue_names[qi], wake_fd)
+                    if watching:
+                        poller.unregister(wake_fd)
+                        watching = False
+                    wake_fd = None
                 want = wake_fd is not None and wants is not None and wants(qi)
                 if want and not watching:
                     poller.register(wake_fd, _READABLE)
@@ -121,8 +134,9 @@ class ThreadedRunner(DeviceRunner):
                 events = dict(poller.poll())
                 if stop_fd in events:
                     return
-                if wake_fd in events and events[wake_fd] & select.POLLNVAL:
-                    wake_fd = None          # the host fd was closed under us: stop watching
+                flags = events.get(wake_fd, 0) if wake_fd is not None else 0
+                # Closed under us (POLLNVAL), or gone: checked after one more pass.
+                hung_up = bool(flags & (select.POLLNVAL | select.POLLERR | select.POLLHUP))
         except Exception as exc:            # noqa: BLE001 - a queue thread must report, not vanish
             self._failed(device, qi, exc)
 
@@ -132,15 +146,18 @@ class ThreadedRunner(DeviceRunner):
     # guest saw our change would get no kick. The interrupt goes out when the device
     # used something and the queue says the guest wants to hear of it (L:260).
     def _serve_until_idle(self, device, qi, queue, interrupt):
+        """Serve until nothing more comes; True if any buffer was used."""
+        progress = False
         while True:
             queue.set_notifications(False)
             used = device.process(qi)
             queue.set_notifications(True)
             used_more = device.process(qi)
+            progress = progress or used or used_more
             if (used or used_more) and queue.should_interrupt():
                 interrupt(qi)
             if not used_more:
-                return
+                return progress
 
     def _failed(self, device, qi, exc):
         name = device.queue_names[qi] if device else qi
