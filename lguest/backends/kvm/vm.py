@@ -188,10 +188,12 @@ def default_routing():
 #L:602 Getting control back. A vCPU ioctl issued from another thread waits until
 # KVM_RUN returns, and a guest spinning in a loop never exits on its own. So a
 # stop() sets kvm_run.immediate_exit (in case the vCPU thread is between two runs)
-# and sends SIGUSR1 to the vCPU thread: KVM_RUN returns EINTR and run() reports an
-# "interrupted" exit. The signal needs a handler that is not SIG_DFL (which would
-# kill us); a no-op one is installed when the first vCPU is created on the main thread.
-KICK_SIGNAL = signal.SIGUSR1
+# and sends a real-time signal to the vCPU thread: KVM_RUN returns EINTR and run()
+# reports an "interrupted" exit. Not SIGUSR1: the launcher raises out of its run loop
+# with that one (a device thread failed), and that must keep working. The signal needs
+# a handler that is not SIG_DFL (which would kill us); a no-op one is installed when
+# the first vCPU is created on the main thread.
+KICK_SIGNAL = signal.SIGRTMIN + 3
 
 
 def _install_kick_handler():
