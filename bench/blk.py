@@ -112,8 +112,9 @@ def one_run(kit, image, which, sizes, timeout):
 
 def measure(runs=5, quick=False, timeout=300):
     """Rows for the table, plus {'ours': KiB, 'qsd': KiB} peak back-end RSS."""
-    sizes = (dict(read_mb=256, write_mb=64, rand_s=0.4, flush_s=0.3, image_mb=64) if quick
-             else dict(read_mb=1024, write_mb=256, rand_s=1.5, flush_s=0.8, image_mb=256))
+    # Phases of a second or more each: the machine's other load makes shorter ones noisy.
+    sizes = (dict(read_mb=512, write_mb=128, rand_s=0.5, flush_s=0.3, image_mb=128) if quick
+             else dict(read_mb=2048, write_mb=512, rand_s=2.0, flush_s=1.0, image_mb=256))
     kit = bench_kit({"bin/blkbench": compile_c("blkbench.c", static=True)})
     results = {"ours": [], "qsd": []}
     peaks = {"ours": [], "qsd": []}
