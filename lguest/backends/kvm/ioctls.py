@@ -59,10 +59,10 @@ CPUID_MAX_ENTRIES = 256
 # struct kvm_irq_level { u32 irq; u32 level; }
 IRQ_LEVEL = struct.Struct("<II")
 # struct kvm_irqfd { u32 fd, gsi, flags, resamplefd; u8 pad[16]; }
-IRQFD = struct.Struct("<IIII16x")
+IRQFD_ARGS = struct.Struct("<IIII16x")
 IRQFD_FLAG_DEASSIGN = 1 << 0
 # struct kvm_ioeventfd { u64 datamatch, addr; u32 len; s32 fd; u32 flags; u8 pad[36]; }
-IOEVENTFD = struct.Struct("<QQIiI36x")
+IOEVENTFD_ARGS = struct.Struct("<QQIiI36x")
 IOEVENTFD_FLAG_DATAMATCH = 1 << 0
 IOEVENTFD_FLAG_PIO = 1 << 1
 IOEVENTFD_FLAG_DEASSIGN = 1 << 2
@@ -97,9 +97,9 @@ SET_IDENTITY_MAP_ADDR = _iow(0x48, 8)
 CREATE_IRQCHIP = _io(0x60)
 IRQ_LINE = _iow(0x61, IRQ_LEVEL.size)
 SET_GSI_ROUTING = _iow(0x6A, IRQ_ROUTING_HEADER.size)
-IRQFD = _iow(0x76, IRQFD.size)
+IRQFD = _iow(0x76, IRQFD_ARGS.size)
 CREATE_PIT2 = _iow(0x77, PIT_CONFIG.size)
-IOEVENTFD = _iow(0x79, IOEVENTFD.size)
+IOEVENTFD = _iow(0x79, IOEVENTFD_ARGS.size)
 SIGNAL_MSI = _iow(0xA5, MSI.size)
 # vCPU
 RUN = _io(0x80)

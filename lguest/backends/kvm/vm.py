@@ -124,7 +124,7 @@ class Vm:
     def irqfd(self, eventfd, gsi, deassign=False):
         """Writing 1 to `eventfd` raises GSI `gsi` in the kernel, no exit to us."""
         flags = K.IRQFD_FLAG_DEASSIGN if deassign else 0
-        _ioctl(self.fd, K.IRQFD, K.IRQFD.pack(eventfd, gsi, flags, 0), "IRQFD")
+        _ioctl(self.fd, K.IRQFD, K.IRQFD_ARGS.pack(eventfd, gsi, flags, 0), "IRQFD")
 
     def ioeventfd(self, eventfd, address, length, *, pio=False, datamatch=None, deassign=False):
         """A guest write of `length` bytes to `address` signals `eventfd` inside the
@@ -134,12 +134,13 @@ class Vm:
             flags |= K.IOEVENTFD_FLAG_DATAMATCH
         if deassign:
             flags |= K.IOEVENTFD_FLAG_DEASSIGN
-        arg = K.IOEVENTFD.pack(datamatch or 0, address, length, eventfd, flags)
+        arg = K.IOEVENTFD_ARGS.pack(datamatch or 0, address, length, eventfd, flags)
         _ioctl(self.fd, K.IOEVENTFD, arg, "IOEVENTFD")
 
     def signal_msi(self, address, data):
         """Inject one MSI message (what an MSI-X table entry holds) directly."""
-        arg = K.MSI.pack(address & 0xFFFFFFFF, address >> 32, data, 0, 0)
+        # A mutable buffer, so fcntl.ioctl returns the ioctl's result (1: delivered).
+        arg = bytearray(K.MSI.pack(address & 0xFFFFFFFF, address >> 32, data, 0, 0))
         return _ioctl(self.fd, K.SIGNAL_MSI, arg, "SIGNAL_MSI")
 
     def set_gsi_routing(self, entries):
