@@ -24,7 +24,9 @@ from lguest.host.block import FileStore
 from lguest.virtio import STATUS_DEVICE_NEEDS_RESET
 from test_dev_transport import Guest
 
-EXAMPLES = 100
+# CI: 100 per property; scripts/fuzz-campaign (HYPOTHESIS_PROFILE=long): 5,000.
+LONG = os.environ.get("HYPOTHESIS_PROFILE") == "long"
+EXAMPLES = 5000 if LONG else 100
 SECTORS = 32
 SECTOR = 512
 
@@ -185,7 +187,7 @@ class Sink:
         self.bytes += sum(v.nbytes for v in views)
 
 
-@settings(max_examples=50)
+@settings(max_examples=1000 if LONG else 50)
 @given(st.lists(st.integers(0, 70000), min_size=1, max_size=40))
 def test_console_flood(sizes):
     sink = Sink()

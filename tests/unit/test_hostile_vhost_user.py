@@ -22,7 +22,9 @@ from lguest.launcher import MemoryStore
 from lguest.vhost_user import protocol as P
 from lguest.vhost_user.backend import VhostUserBackend
 
-EXAMPLES = 150
+# CI: 150 per property; scripts/fuzz-campaign (HYPOTHESIS_PROFILE=long): 5,000.
+LONG = os.environ.get("HYPOTHESIS_PROFILE") == "long"
+EXAMPLES = 5000 if LONG else 150
 MEMFD_SIZES = (0, 4096, 64 << 10)
 KNOWN = [getattr(P, n) for n in dir(P) if n.isupper() and isinstance(getattr(P, n), int)
          and n in {"GET_FEATURES", "SET_FEATURES", "SET_OWNER", "RESET_OWNER", "SET_MEM_TABLE",
