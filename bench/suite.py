@@ -72,8 +72,8 @@ def main(argv=None):
         import console
         rows += console.measure(runs, args.quick)
     if "kvm" in wanted:
-        import kvm_exits
-        rows += kvm_exits.measure(runs, args.quick)
+        import kvm
+        rows += kvm.measure(runs, args.quick)
     if "sim" in wanted:
         import sim
         rows += sim.measure(runs, args.quick)
