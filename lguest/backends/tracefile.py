@@ -28,9 +28,17 @@
 # replay drives the devices through the rings exactly as the original did. One
 # recorded from a real /dev/lguest has no "memory" (we cannot see the guest write):
 # it replays faithfully only until the devices start reading rings.
+#
+# A header may name a "kind" (default "trap", the records above). Kind "vhost-user"
+# (L:785) holds the device-level traffic of a vhost-user back-end instead: messages,
+# kicks with the chains they served, calls. Each kind checks its own record types;
+# a reader asked for one kind refuses another, so an old reader of trap streams never
+# mistakes a vhost-user stream for one. A path ending in ".gz" is gzip'd.
 """
 
 import errno
+import gzip
+import io
 import json
 import struct
 
@@ -41,6 +49,9 @@ from .lguest_model import Die, Reboot, Trap
 
 FORMAT = "lguest-trace"
 VERSION = 1
+# Record types of each kind of stream (the header's "kind", "trap" when absent).
+KINDS = {"trap": ("initialize", "trap", "died", "reboot"),
+         "vhost-user": ("message", "kick", "call", "end")}
 
 
 class TraceError(Exception):
@@ -56,17 +67,31 @@ def empty_response():
 
 
 # -- reading and writing -------------------------------------------------------------
-def write_trace(path, header, records):
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(json.dumps(dict(header, format=FORMAT, version=VERSION)) + "\n")
+def _open(path, mode):
+    if str(path).endswith(".gz"):
+        # mtime=0: the same records make the same bytes, so a re-recording diffs cleanly.
+        raw = gzip.GzipFile(path, mode[0] + "b", mtime=0)
+        return io.TextIOWrapper(raw, encoding="utf-8")
+    return open(path, mode, encoding="utf-8")
+
+
+def write_trace(path, header, records, *, kind="trap"):
+    header = dict(header, format=FORMAT, version=VERSION)
+    if kind != "trap":
+        header["kind"] = kind            # trap streams stay as they always were
+    with _open(path, "w") as f:
+        f.write(json.dumps(header) + "\n")
         for record in records:
             f.write(json.dumps(record, separators=(",", ":")) + "\n")
 
 
-def read_trace(path):
-    """(header, records) of a version-1 stream, or TraceError saying what is wrong."""
-    with open(path, encoding="utf-8") as f:
-        lines = [line for line in f if line.strip()]
+def read_trace(path, *, kind="trap"):
+    """(header, records) of a version-1 stream of `kind`, or TraceError saying what is wrong."""
+    try:
+        with _open(path, "r") as f:
+            lines = [line for line in f if line.strip()]
+    except (gzip.BadGzipFile, EOFError, UnicodeDecodeError) as e:
+        raise TraceError(f"{path}: cannot read ({e})") from e
     try:
         parsed = [json.loads(line) for line in lines]
     except json.JSONDecodeError as e:
@@ -75,8 +100,11 @@ def read_trace(path):
         raise TraceError(f"{path}: no {FORMAT!r} header on the first line")
     if parsed[0].get("version") != VERSION:
         raise TraceError(f"{path}: version {parsed[0].get('version')} (this reader knows {VERSION})")
+    found = parsed[0].get("kind", "trap")
+    if found != kind:
+        raise TraceError(f"{path}: a {found!r} stream, not {kind!r}")
     for n, record in enumerate(parsed[1:], 2):
-        if record.get("type") not in ("initialize", "trap", "died", "reboot"):
+        if record.get("type") not in KINDS[kind]:
             raise TraceError(f"{path}:{n}: unknown record type {record.get('type')!r}")
     return parsed[0], parsed[1:]
 

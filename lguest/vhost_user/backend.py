@@ -37,8 +37,14 @@ MAX_QUEUE_SIZE = 32768       # virtio 2.7: "Queue Size ... The maximum Queue Siz
 class VhostUserBackend:
     """Serves one device to one front-end at a time; disconnect() readies it for the next."""
 
+    # What watches a live ring's kick fd (L:730); a replay (L:785) swaps in its own.
+    watcher_factory = KickWatcher
+
     def __init__(self, device, *, runner_factory=DirectRunner):
         self.device = device
+        # An optional device-level trace hook (L:785). Off (None), it costs one check
+        # per message, per ring start and per interrupt; the rings are not wrapped.
+        self.recorder = None
         self.runner_factory = runner_factory
         self.memory = None
         self.backend_req_fd = None
@@ -88,6 +94,8 @@ class VhostUserBackend:
     def handle(self, msg):
         """Act on one message; return the reply to send (bytes) or None."""
         with self._lock:
+            if self.recorder is not None:
+                return self.recorder.message(msg, self._handle)
             return self._handle(msg)
 
     def _handle(self, msg):
@@ -373,6 +381,8 @@ class VhostUserBackend:
                           last_avail_idx=vring.base)
         # The queue takes its used index from the ring itself, as the kernel's vhost
         # does, so a restarted ring continues where the used ring says it is.
+        if self.recorder is not None:
+            queue = self.recorder.queue(vring.index, queue)
         return queue
 
     def _stop_serving(self):
@@ -407,11 +417,16 @@ class VhostUserBackend:
         self.runner = self.runner_factory()
         self.runner.start(self.device, self._interrupt)
         for vring in live:
-            watcher = KickWatcher(vring, self.runner.kick, self._ring_error)
+            serve = self.runner.kick
+            if self.recorder is not None:
+                serve = self.recorder.serving(vring.index, serve)
+            watcher = self.watcher_factory(vring, serve, self._ring_error)
             self.watchers.append(watcher)
             watcher.start()
 
     def _interrupt(self, queue_index):
+        if self.recorder is not None:
+            self.recorder.call(queue_index)
         signal_fd(self.vrings[queue_index].call_fd)
 
     def _ring_error(self, vring, error):
