@@ -4,6 +4,7 @@
 
 Sections (each a module in bench/): blk (vhost-user-blk vs qemu-storage-daemon),
 boot (`lguest run -- true` vs plain UML), console (virtio console vs UML's own),
+net (vhost-user net over a tap vs UML's tuntap),
 kvm (Python exit round trips vs a C loop; ioeventfd kicks), sim (fake backend driver
 operations), memory (RSS beyond guest RAM; measured during blk and boot).
 --results rewrites bench/RESULTS.md's latest table with this run's.
@@ -20,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import HERE, ROOT, Row, say, table  # noqa: E402
 
-SECTIONS = ("blk", "boot", "console", "kvm", "sim", "memory")
+SECTIONS = ("blk", "boot", "console", "net", "kvm", "sim", "memory")
 
 
 def machine():
@@ -71,6 +72,9 @@ def main(argv=None):
     if "console" in wanted:
         import console
         rows += console.measure(runs, args.quick)
+    if "net" in wanted:
+        import net
+        rows += net.measure(runs, args.quick)
     if "kvm" in wanted:
         import kvm
         rows += kvm.measure(runs, args.quick)
