@@ -43,6 +43,11 @@ def _kernel_deb():
     os.makedirs(CACHE, exist_ok=True)
     result = subprocess.run(["apt-get", "download", "linux-image-cloud-amd64"], cwd=CACHE,
                             capture_output=True, text=True, timeout=300)
+    if result.returncode != 0:
+        # A fresh machine may have no package lists yet: fetch them once and retry.
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, timeout=300)
+        result = subprocess.run(["apt-get", "download", "linux-image-cloud-amd64"], cwd=CACHE,
+                                capture_output=True, text=True, timeout=300)
     # The metapackage depends on the versioned image, which holds the kernel.
     version = subprocess.run(["apt-cache", "depends", "linux-image-cloud-amd64"],
                              capture_output=True, text=True).stdout
