@@ -17,8 +17,9 @@ import threading
 import pytest
 
 from lguest.backends.base import GuestDied
+from lguest.uml.kit import cache_dir
 
-CACHE = os.path.join(os.path.expanduser("~"), ".cache", "lguest", "kvm-kernel")
+CACHE = os.path.join(cache_dir(), "kvm-kernel")     # the kit's cache: $LGUEST_CACHE or ~/.cache/lguest-py
 APT_ARCHIVES = "/var/cache/apt/archives"
 PACKAGE = "linux-image-*-cloud-amd64_*.deb"
 BANNER_BOUND = 90           # seconds: "Linux version" took ~23 s here as a vmlinux
