@@ -13,7 +13,7 @@ import os
 import struct
 import tempfile
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from lguest.devices.block import BlockDevice
 from lguest.devices.console import ConsoleDevice
@@ -63,11 +63,12 @@ request = st.tuples(kinds, sectors, st.integers(0, 1200),
                     st.lists(lengths, max_size=4), st.booleans())
 
 
-def serve(guest, handle, qi, readable, writable):
-    """One chain: True if the device used it, False if the guest error path ran."""
+def serve(guest, handle, qi, readable, writable, token=None):
+    """Add one chain and kick; return what the device used (this chain or earlier ones),
+    or None if our test driver refused the chain."""
     queue = handle.queue(qi)
     try:
-        queue.add_buffer(readable, writable)
+        queue.add_buffer(readable, writable, token=token)
     except DriverError:
         return None                     # our test driver refuses (no buffers at all)
     handle.kick(qi)
@@ -95,7 +96,7 @@ def test_hostile_block_requests(reqs, lenient):
                 header = header[:data_len % 16]
             readable = [header] + ([bytes(data_len)] if data_len else [])
             try:
-                used = serve(guest, h, 0, readable, writable)
+                used = serve(guest, h, 0, readable, writable, token=tuple(writable))
             except GuestError:
                 assert not lenient, "lenient mode let a GuestError out"
                 bring_back(h)
@@ -106,7 +107,7 @@ def test_hostile_block_requests(reqs, lenient):
                 continue
             for u in used or ():
                 # The device wrote no more than the guest offered (status included).
-                assert 1 <= u.len <= sum(writable), (u.len, writable)
+                assert 1 <= u.len <= sum(u.token), (u.len, u.token)
     finally:
         gc.collect()        # a caught strict GuestError's frames may still hold guest views
         guest.close()
@@ -149,6 +150,9 @@ frame_sizes = st.one_of(st.integers(0, 1600), st.sampled_from([0, 1, 11, 12, 13,
 @given(st.lists(frame_sizes, max_size=6), st.lists(st.lists(st.integers(0, 2000), max_size=3),
                                                      max_size=6),
        st.lists(frame_sizes, max_size=6), st.booleans())
+# Found by CI's random seed: an empty host frame makes the first rx chain go back
+# unused; the next kick fills it, so its used entry arrives with the second chain's.
+@example(tx_sizes=[], rx_layouts=[[1], [0]], host_sizes=[0, 1], lenient=False)
 def test_hostile_net_frames_of_every_size(tx_sizes, rx_layouts, host_sizes, lenient):
     tap = FakeTap([bytes([n & 0xFF]) * n for n in host_sizes])
     guest = Guest(NetDevice(tap, mac="52:54:00:00:00:09"))
@@ -165,15 +169,17 @@ def test_hostile_net_frames_of_every_size(tx_sizes, rx_layouts, host_sizes, leni
                 continue
             if used:
                 assert tap.sent[-1] == bytes(n)
-        for layout in rx_layouts:
+        for i, layout in enumerate(rx_layouts):
             try:
-                used = serve(guest, h, 0, [], layout)
+                used = serve(guest, h, 0, [], layout, token=i)
             except GuestError:
                 assert not lenient
                 bring_back(h)
                 continue
+            # A chain given back for want of a frame may be used by a later kick:
+            # each used buffer is checked against its own chain.
             for u in used or ():
-                assert u.len <= sum(layout)
+                assert u.len <= sum(rx_layouts[u.token]), (u, rx_layouts[u.token])
     finally:
         gc.collect()
         guest.close()
