@@ -10,6 +10,7 @@ import gc
 import os
 import struct
 import threading
+import time
 
 import pytest
 
@@ -52,13 +53,28 @@ def check(before, after, cycles):
         f"RSS grew {after['rss_kb'] - before['rss_kb']} KiB over {cycles} cycles"
 
 
+def settled_snapshot(timeout=3.0):
+    """A snapshot once the counts stop moving: a vhost-user server finishes forgetting a
+    front-end on its own thread just after the front-end hangs up. A leak never settles
+    back, so waiting (boundedly) for quiet hides nothing."""
+    last = snapshot()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = snapshot()
+        if (now["fds"], now["threads"], now["tasks"]) == (last["fds"], last["threads"], last["tasks"]):
+            return now
+        last = now
+    return last
+
+
 def cycles(n, body):
     for i in range(WARM_UP):
         body(i)
-    before = snapshot()
+    before = settled_snapshot()
     for i in range(n):
         body(i)
-    return before, snapshot()
+    return before, settled_snapshot()
 
 
 def test_device_resets_with_threaded_runners(tmp_path):
