@@ -19,7 +19,7 @@ import time
 from common import median, say, Row
 
 from lguest.uml import kit as kit_module, process
-from lguest.uml.guest import Guest
+from lguest.uml.guest import Guest, GuestFailed
 
 PORT = 5201
 
@@ -78,8 +78,11 @@ def ours(kit, n, blocks):
     rx = Receiver(("0.0.0.0", PORT), blocks * 65536)
     rx.start()
     try:
-        Guest(kit=kit, net=f"tap:{name}:{host}", ip=guest, timeout=120).run(
+        Guest(kit=kit, net=f"tap:{name}:{host}", ip=guest, timeout=60).run(
             guest_command(host.split("/")[0], blocks))
+    except GuestFailed as e:
+        # Counted as an incomplete run in the row's note, not hidden.
+        say(f"net: our run {n} failed after {rx.n} of {rx.total} bytes: {e}")
     finally:
         rx.sock.close()
         rx.join(5)
@@ -103,7 +106,7 @@ def umls(kit, n, blocks, workdir):
         rx.start()
         boot_dir = tempfile.mkdtemp(prefix="b", dir=workdir)
         try:
-            out = process.boot(uml_kit, guest_command(host, blocks), boot_dir, timeout=120,
+            out = process.boot(uml_kit, guest_command(host, blocks), boot_dir, timeout=60,
                                ip=guest)
         finally:
             rx.sock.close()
