@@ -56,8 +56,13 @@ class ThreadedRunner(DeviceRunner):
                 if queue is None:
                     continue
                 self._kick_fds[qi] = os.eventfd(0, EFD_FLAGS)
-                thread = threading.Thread(target=self._serve, args=(qi, queue, self._kick_fds[qi]),
-                                          name=f"{device.name}/{device.queue_names[qi]}", daemon=True)
+                # Everything the thread needs is handed over now: a stop() that runs
+                # before the thread's first line clears self._stop_fd and self.device,
+                # and a start() after it would give a late reader the next generation's.
+                thread = threading.Thread(
+                    target=self._serve,
+                    args=(qi, queue, self._kick_fds[qi], device, interrupt, self._stop_fd),
+                    name=f"{device.name}/{device.queue_names[qi]}", daemon=True)
                 self._threads.append(thread)
             # A kick may come the moment DRIVER_OK is written; buffers already there are
             # served because each thread starts with a pass over its queue.
@@ -100,8 +105,7 @@ class ThreadedRunner(DeviceRunner):
         return bool(self._threads)
 
     # -- one queue's thread ------------------------------------------------------------
-    def _serve(self, qi, queue, kick_fd):
-        device, interrupt, stop_fd = self.device, self.interrupt, self._stop_fd
+    def _serve(self, qi, queue, kick_fd, device, interrupt, stop_fd):
         wake_fd = self.wake_fds.get(qi)
         wants = getattr(device, "wants_host_input", None)
         poller = select.poll()
