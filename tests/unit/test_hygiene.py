@@ -9,6 +9,7 @@ of each (about 50 s), as docs/reliability.md says."""
 import gc
 import os
 import struct
+import sys
 import threading
 import time
 
@@ -178,3 +179,46 @@ def test_check_sees_a_leak():
     finally:
         for fd in kept:
             os.close(fd)
+
+
+class _IdleQueue:
+    def set_notifications(self, enabled):
+        pass
+
+    def should_interrupt(self):
+        return False
+
+
+class _IdleDevice:
+    name = "idle"
+    queue_names = tuple(f"q{i}" for i in range(8))
+
+    def __init__(self):
+        self.queues = [_IdleQueue() for _ in self.queue_names]
+
+    def process(self, qi):
+        return False
+
+
+def test_runner_stopped_at_once_after_start_crashes_no_thread(monkeypatch, runner_class=None):
+    """The soak found it: a stop() right after start() cleared the runner's stop fd
+    before a new queue thread had read it (TypeError in the thread; worse, a start()
+    after the stop() could hand the late reader the next generation's fds). Each thread
+    now gets its fds and device as arguments. The window is made wide on purpose: the
+    threads here take 10 ms to reach their first line."""
+    from lguest.host.runner import ThreadedRunner
+
+    class SlowToStart(runner_class or ThreadedRunner):
+        def _serve(self, *args):
+            time.sleep(0.01)
+            return super()._serve(*args)
+
+    crashed = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: crashed.append(args.exc_value))
+    runner = SlowToStart()
+    before = settled_snapshot()
+    for _ in range(20):
+        runner.start(_IdleDevice(), lambda qi: None)
+        runner.stop()
+    assert crashed == []
+    check(before, settled_snapshot(), 20)
