@@ -22,6 +22,8 @@ from lguest.uml import kit as kit_module, process
 from lguest.uml.guest import Guest, GuestFailed
 
 PORT = 5201
+# One guest of 64 MiB ran out of memory ("System is deadlocked on memory") mid-transfer.
+MEM = 128
 
 
 class Receiver(threading.Thread):
@@ -57,6 +59,16 @@ class Receiver(threading.Thread):
                 self.n += got
         self.sock.close()
 
+    def close(self):
+        # close() alone does not wake a thread blocked in accept(), and the socket
+        # would stay listening (the next bind fails): shut it down first.
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        self.join(5)
+
     def rate(self):
         if self.n != self.total or self.last is None or self.last == self.first:
             return None
@@ -67,25 +79,24 @@ def _ip(*args):
     subprocess.run(["ip", *args], check=True, capture_output=True)
 
 
-def guest_command(host_ip, blocks):
-    return f"dd if=/dev/zero bs=65536 count={blocks} 2>/dev/null | nc {host_ip} {PORT}"
+def guest_command(host_ip, blocks, port):
+    return f"dd if=/dev/zero bs=65536 count={blocks} 2>/dev/null | nc {host_ip} {port}"
 
 
 def ours(kit, n, blocks):
     name, host, guest = f"lgbn{n}", f"10.77.{n}.1", f"10.77.{n}.2/24"
     # The tap (and so the host address) exists only once the back-end has opened it,
     # which Guest does inside run(): listen on every address instead.
-    rx = Receiver(("0.0.0.0", PORT), blocks * 65536)
+    rx = Receiver(("0.0.0.0", PORT + 2 * n), blocks * 65536)
     rx.start()
     try:
-        Guest(kit=kit, net=f"tap:{name}:{host}", ip=guest, timeout=60).run(
-            guest_command(host.split("/")[0], blocks))
+        Guest(kit=kit, net=f"tap:{name}:{host}", ip=guest, timeout=60, mem=MEM).run(
+            guest_command(host.split("/")[0], blocks, PORT + 2 * n))
     except GuestFailed as e:
         # Counted as an incomplete run in the row's note, not hidden.
         say(f"net: our run {n} failed after {rx.n} of {rx.total} bytes: {e}")
     finally:
-        rx.sock.close()
-        rx.join(5)
+        rx.close()
     return rx.rate()
 
 
@@ -102,15 +113,15 @@ def umls(kit, n, blocks, workdir):
             f.write(f'#!/bin/sh\nexec {kit.kernel} "$@" eth0=tuntap,{name}\n')
         os.chmod(wrapper, stat.S_IRWXU)
         uml_kit = dataclasses.replace(kit, kernel=wrapper)
-        rx = Receiver((host, PORT), blocks * 65536)
+        rx = Receiver((host, PORT + 2 * n + 1), blocks * 65536)
         rx.start()
         boot_dir = tempfile.mkdtemp(prefix="b", dir=workdir)
         try:
-            out = process.boot(uml_kit, guest_command(host, blocks), boot_dir, timeout=60,
+            out = process.boot(uml_kit, guest_command(host, blocks, PORT + 2 * n + 1), boot_dir,
+                               timeout=60, mem=MEM,
                                ip=guest)
         finally:
-            rx.sock.close()
-            rx.join(5)
+            rx.close()
         if out.status != 0:
             say(f"net: UML tuntap run: status {out.status}: {bytes(out.stderr)[-300:]!r}")
     finally:
