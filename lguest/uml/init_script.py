@@ -9,7 +9,8 @@
 # command's stdout, /dev/tty2 its stderr and /dev/tty3 one line, "lguest-exit-status N",
 # the channel nothing else writes to, so the host can trust it. Then `poweroff -f`, and
 # the UML process exits. If the script dies, the kernel panics ("Attempted to kill
-# init"), the host sees no status line and says so.
+# init"), the host sees no status line and says so. Nothing in it may end the shell
+# early: a redirection that fails on `exec` would, so its targets are made sure of.
 """
 
 STATUS_MARKER = "lguest-exit-status"
@@ -21,7 +22,12 @@ export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev 2>/dev/null
 mkdir -p /dev/pts /dev/shm && mount -t tmpfs tmp /tmp
-for t in tty1 tty2 tty3; do stty -F /dev/$t raw -echo 2>/dev/null; done
+# devtmpfs fills /dev from a kernel thread, so under load the console nodes may not be
+# there yet; a failed `exec 2>` redirection would end this shell (and panic the guest).
+for t in 1 2 3; do
+  [ -e /dev/tty$t ] || mknod /dev/tty$t c 4 $t
+  stty -F /dev/tty$t raw -echo 2>/dev/null
+done
 exec 2>/dev/tty2
 for m in $(cat /lib/modules/load-order); do
   insmod /lib/modules/$m.ko || echo "lguest init: insmod $m failed" >&2
