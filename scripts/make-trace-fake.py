@@ -13,7 +13,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from lguest.backends import tracefile  # noqa: E402
-from lguest.launcher import simulate  # noqa: E402
+from lguest.simulation import simulate  # noqa: E402
 
 
 def main(argv):

@@ -25,6 +25,7 @@ sys.path.insert(0, ROOT)
 
 from lguest.devices.block import BlockDevice            # noqa: E402
 from lguest.devices.console import ConsoleDevice        # noqa: E402
+from lguest.devices.inmemory import BufferSink          # noqa: E402
 from lguest.host.block import FileStore                 # noqa: E402
 from lguest.uml import kit, process, servers            # noqa: E402
 from lguest.vhost_user import trace                     # noqa: E402
@@ -53,7 +54,7 @@ def main(argv):
         with open(disk, "wb") as f:
             f.write(trace.make_image(IMAGE["size"], IMAGE["seed"]))
         store = FileStore(disk)
-        sink = trace.BufferSink(lambda data: sys.stdout.buffer.write(data))
+        sink = BufferSink(lambda data: sys.stdout.buffer.write(data))
         recorder = trace.TraceRecorder()
         backends = [VhostUserBackend(BlockDevice(store, name="vda")),
                     VhostUserBackend(ConsoleDevice(sink, name="hvc0"))]

@@ -15,7 +15,7 @@ from hypothesis import given, settings, strategies as st
 from lguest.backends.fake_guest import BLK_IN, BLK_OUT, BLK_OUTHDR, GuestKernel
 from lguest.devices.base import InlineRunner
 from lguest.errors import GuestError
-from lguest.launcher import simulate, simulated_devices
+from lguest.simulation import simulate, simulated_devices
 from lguest.memory import GuestMemory
 from lguest.pci.bus import MMIO, PciBus
 from lguest.virtio import (F_RING_INDIRECT_DESC, F_VERSION_1, ID_BLOCK, ID_CONSOLE, ID_RNG,
@@ -82,8 +82,8 @@ def device_state(bus):
                  "used": [q.used_idx if q is not None else None for q in d.queues]}
         if hasattr(d, "store"):
             entry["disk"] = bytes(d.store.data)
-        if hasattr(d.sink if hasattr(d, "sink") else None, "text"):
-            entry["console"] = "".join(d.sink.text)
+        if hasattr(d, "sink"):
+            entry["console"] = bytes(d.sink.data).decode()
         if hasattr(d, "source") and hasattr(d.source, "next"):
             entry["entropy_given"] = d.source.next
         state.append(entry)

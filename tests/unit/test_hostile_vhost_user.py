@@ -21,7 +21,7 @@ from hypothesis import given, settings, strategies as st
 
 from lguest.devices.block import BlockDevice
 from lguest.errors import GuestError
-from lguest.launcher import MemoryStore
+from lguest.devices.inmemory import MemoryStore
 from lguest.vhost_user import protocol as P
 from lguest.vhost_user.backend import VhostUserBackend
 
@@ -184,7 +184,7 @@ SHRINK_CHILD = r"""
 import os, socket, struct, sys, threading, time
 sys.path.insert(0, sys.argv[1])
 from lguest.devices.block import BlockDevice
-from lguest.launcher import MemoryStore
+from lguest.devices.inmemory import MemoryStore
 from lguest.vhost_user.backend import VhostUserBackend
 from lguest.vhost_user.frontend import Frontend
 from lguest.vhost_user.server import serve_connection

@@ -17,7 +17,8 @@ from lguest.driver.pci import VirtioPciDriver
 from lguest.driver.vring import GuestAllocator
 from lguest.errors import GuestError
 from lguest.host.runner import ThreadedRunner
-from lguest.launcher import CountingEntropy, launch
+from lguest.devices.inmemory import CountingEntropy
+from lguest.launcher import launch
 from lguest.memory import GuestMemory
 from lguest.pci.bus import PciBus
 from lguest.pci.transport import OFFSET, ISR_OFFSET, PADDING_OFFSET

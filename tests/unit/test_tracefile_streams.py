@@ -11,7 +11,7 @@ import pathlib
 import pytest
 
 from lguest.backends import tracefile
-from lguest.launcher import simulate
+from lguest.simulation import simulate
 
 DATA = pathlib.Path(__file__).resolve().parent.parent / "data"
 STREAMS = sorted(DATA.glob("*.trace"))

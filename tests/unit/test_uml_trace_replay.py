@@ -19,7 +19,8 @@ from lguest.backends import tracefile
 from lguest.backends.tracefile import TraceDivergence, TraceError
 from lguest.devices.block import BlockDevice, F_FLUSH, S_IOERR
 from lguest.vhost_user import protocol as P
-from lguest.vhost_user import trace
+from lguest.devices.inmemory import MemoryStore
+from lguest.vhost_user import trace, trace_replay
 from lguest.vhost_user.backend import VhostUserBackend
 from lguest.vhost_user.frontend import Frontend
 from lguest.vhost_user.server import serve_connection
@@ -36,7 +37,7 @@ def keep_devices(store):
 
 def test_recorded_uml_boot_replays_exactly():
     devices = {}
-    summary = trace.replay(STREAM, device_hook=keep_devices(devices))
+    summary = trace_replay.replay(STREAM, device_hook=keep_devices(devices))
     header, records = tracefile.read_trace(STREAM, kind=trace.KIND)
     # The stream is what the script says: a real boot negotiating both devices.
     assert header["kind"] == "vhost-user" and header["config"]["devices"][0]["kind"] == "block"
@@ -59,7 +60,7 @@ def test_replay_catches_a_block_device_that_stops_offering_flush():
         if isinstance(device, BlockDevice):
             device.features &= ~(1 << F_FLUSH)
     with pytest.raises(TraceDivergence) as e:
-        trace.replay(STREAM, device_hook=no_flush)
+        trace_replay.replay(STREAM, device_hook=no_flush)
     text = str(e.value)
     assert "message GET_FEATURES" in text
     assert "bits only expected: 9 (FLUSH)" in text and "bits only got: none" in text
@@ -70,7 +71,7 @@ def test_replay_catches_a_changed_status_byte_with_a_byte_diff():
         if isinstance(device, BlockDevice):
             device.flush = lambda: S_IOERR
     with pytest.raises(TraceDivergence) as e:
-        trace.replay(STREAM, device_hook=failing_flush)
+        trace_replay.replay(STREAM, device_hook=failing_flush)
     text = str(e.value)
     assert "kick vda/vq0" in text
     assert "expected push head" in text
@@ -83,7 +84,7 @@ def test_replay_catches_different_disk_content():
         if isinstance(device, BlockDevice):
             device.store.data[3] ^= 0xFF        # Linux reads sector 0 first (partitions)
     with pytest.raises(TraceDivergence) as e:
-        trace.replay(STREAM, device_hook=other_bytes)
+        trace_replay.replay(STREAM, device_hook=other_bytes)
     assert "first difference at byte 3 (of 4097 expected, 4097 got)" in str(e.value)
 
 
@@ -98,7 +99,7 @@ def test_a_trap_reader_refuses_a_vhost_user_stream_and_old_streams_still_read():
 
 def test_recorder_round_trip_with_the_python_front_end(tmp_path):
     spec = {"name": "vdb", "kind": "block", "size": 64 * 512, "seed": 7, "read_only": False}
-    device = BlockDevice(trace.ImageStore(trace.make_image(spec["size"], spec["seed"])), name="vdb")
+    device = BlockDevice(MemoryStore(trace.make_image(spec["size"], spec["seed"])), name="vdb")
     backend = VhostUserBackend(device)
     recorder = trace.TraceRecorder()
     backend.recorder = recorder.device("vdb")
@@ -125,7 +126,7 @@ def test_recorder_round_trip_with_the_python_front_end(tmp_path):
     digest = hashlib.sha256(device.store.data).hexdigest()
     recorder.append({"type": "end", "dev": "vdb", "state": {"image_sha256": digest}})
     recorder.write(str(path), {"config": {"devices": [spec]}})
-    summary = trace.replay(str(path))
+    summary = trace_replay.replay(str(path))
     assert summary["pops"] == summary["pushes"] == 2
     # And the stream is really checked: flip one recorded byte of the read's data.
     header, records = tracefile.read_trace(str(path), kind=trace.KIND)
@@ -135,7 +136,7 @@ def test_recorder_round_trip_with_the_python_front_end(tmp_path):
                 event["data"] = "79" + event["data"][2:]
     tracefile.write_trace(str(path), header, records, kind=trace.KIND)
     with pytest.raises(TraceDivergence, match="first difference at byte 0"):
-        trace.replay(str(path))
+        trace_replay.replay(str(path))
 
 
 def test_a_stream_records_messages_as_parsed_with_fd_placeholders():
