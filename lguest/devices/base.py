@@ -115,6 +115,28 @@ class InlineRunner(DeviceRunner):
         self.interrupt = None
 
 
+#L:315 The seed's wait_for_vq_desc() dance, for runners that serve a queue until it
+# is empty: while we drain a queue the guest need not kick us (VRING_USED_F_NO_NOTIFY,
+# or an old avail_event); before we sleep we ask for kicks again and look once more,
+# because a chain added just before the guest saw our change would get no kick. The
+# interrupt goes out when the device used something and the queue says the guest
+# wants to hear of it (L:260).
+def serve_until_idle(device, queue_index, interrupt):
+    """Serve one queue until nothing more comes; True if any buffer was used."""
+    queue = device.queues[queue_index]
+    progress = False
+    while True:
+        queue.set_notifications(False)
+        used = device.process(queue_index)
+        queue.set_notifications(True)
+        used_more = device.process(queue_index)
+        progress = progress or used or used_more
+        if (used or used_more) and queue.should_interrupt():
+            interrupt(queue_index)
+        if not used_more:
+            return progress
+
+
 # -- scatter-gather helpers shared by the devices and their host side ------------------
 # A chain's buffers are lists of memoryviews straight into guest memory (the seed's
 # iovecs). These are the seed's iov_empty()/iov_consume(), without copying the data.

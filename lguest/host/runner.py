@@ -18,7 +18,7 @@ import os
 import select
 import threading
 
-from ..devices.base import DeviceRunner
+from ..devices.base import DeviceRunner, serve_until_idle
 
 log = logging.getLogger("lguest.runner")
 
@@ -116,7 +116,7 @@ class ThreadedRunner(DeviceRunner):
         try:
             while True:
                 _drain(kick_fd)
-                progress = self._serve_until_idle(device, qi, queue, interrupt)
+                progress = serve_until_idle(device, qi, interrupt)   # L:315
                 if hung_up and not progress:
                     #L:903 A host fd that reports an error or hang-up and still gives
                     # the device nothing (a tap whose interface was deleted answers
@@ -143,25 +143,6 @@ class ThreadedRunner(DeviceRunner):
                 hung_up = bool(flags & (select.POLLNVAL | select.POLLERR | select.POLLHUP))
         except Exception as exc:            # noqa: BLE001 - a queue thread must report, not vanish
             self._failed(device, qi, exc)
-
-    #L:902 The seed's wait_for_vq_desc() dance: while we drain a queue the guest need
-    # not kick us (VRING_USED_F_NO_NOTIFY, or an old avail_event); before we sleep we
-    # ask for kicks again and look once more, because a chain added just before the
-    # guest saw our change would get no kick. The interrupt goes out when the device
-    # used something and the queue says the guest wants to hear of it (L:260).
-    def _serve_until_idle(self, device, qi, queue, interrupt):
-        """Serve until nothing more comes; True if any buffer was used."""
-        progress = False
-        while True:
-            queue.set_notifications(False)
-            used = device.process(qi)
-            queue.set_notifications(True)
-            used_more = device.process(qi)
-            progress = progress or used or used_more
-            if (used or used_more) and queue.should_interrupt():
-                interrupt(qi)
-            if not used_more:
-                return progress
 
     def _failed(self, device, qi, exc):
         name = device.queue_names[qi] if device else qi

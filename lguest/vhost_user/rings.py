@@ -21,7 +21,7 @@ import select
 import struct
 import threading
 
-from ..devices.base import DeviceRunner
+from ..devices.base import InlineRunner, serve_until_idle
 from ..errors import GuestError
 
 log = logging.getLogger("lguest.vhost_user")
@@ -133,35 +133,15 @@ class KickWatcher:
 #L:732 For devices fed only by the guest (block, rng, console output) the kick
 # watcher's thread is as good a queue thread as any, so the request is served
 # right there -- no second wake-up, which is most of the cost of a 4 KiB request.
-# It does the seed's notification dance as the threaded runner does (L:902): no
+# It does the seed's notification dance as the threaded runner does (L:315): no
 # kicks wanted while we drain, then ask again and look once more, so a chain added
 # in between is never stranded (with EVENT_IDX a driver that is never told an
 # avail_event would hardly kick at all). Devices with host input (a tty, a tap)
 # use host/runner.py's ThreadedRunner, whose threads also watch the host fd.
-class DirectRunner(DeviceRunner):
+class DirectRunner(InlineRunner):
     """Serve a kick on the thread that saw it: the KickWatcher's own thread."""
 
-    def __init__(self):
-        self.device = None
-        self.interrupt = None
-
-    def start(self, device, interrupt):
-        self.device, self.interrupt = device, interrupt
-
-    def kick(self, queue_index):
+    def serve(self, queue_index):
         device = self.device
-        queue = device.queues[queue_index] if device is not None else None
-        if queue is None:
-            return
-        while True:
-            queue.set_notifications(False)
-            used = device.process(queue_index)
-            queue.set_notifications(True)
-            used_more = device.process(queue_index)
-            if (used or used_more) and queue.should_interrupt():
-                self.interrupt(queue_index)
-            if not used_more:
-                return
-
-    def stop(self):
-        self.device = self.interrupt = None
+        if device is not None and device.queues[queue_index] is not None:
+            serve_until_idle(device, queue_index, self.interrupt)
