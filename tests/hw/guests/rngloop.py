@@ -7,7 +7,6 @@ runner, each queue kick bound with KVM_IOEVENTFD, the device's interrupt pulsed 
 irqchip from the queue's thread (KVM_IRQ_LINE), the launcher's run_guest loop.
 """
 
-import os
 import threading
 import time
 from dataclasses import dataclass, field
