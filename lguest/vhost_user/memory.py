@@ -16,8 +16,17 @@
 # Everything is checked before it is mapped: a region must not be empty, must lie
 # inside its file (mapping past a file's end would turn a guest access into SIGBUS in
 # our process), and must not overlap another region in either address space.
+#
+#L:712 Inside its file at SET_MEM_TABLE is not inside it for ever: the front-end keeps
+# the file and may shrink it later. Where the kernel can forbid that -- a memfd whose
+# creator allowed sealing -- we add F_SEAL_SHRINK before measuring, so the size we
+# check is final (QEMU's memfd back-end seals by default; then there is nothing to
+# add). Other files (UML's memory is a plain temporary file) cannot be sealed: the
+# standalone server's answer to those is a process per session (L:742).
 """
 
+import errno
+import fcntl
 import mmap
 import os
 import stat
@@ -54,6 +63,20 @@ class _Mapped:
             pass
 
 
+def seal_against_shrinking(fd):
+    """True if `fd` can no longer shrink: it was, or has now been, sealed (L:712)."""
+    try:
+        if fcntl.fcntl(fd, fcntl.F_GET_SEALS) & fcntl.F_SEAL_SHRINK:
+            return True
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
+        return True
+    except OSError as e:
+        # EINVAL: not a memfd (or shmem); EPERM: sealing not allowed, or F_SEAL_SEAL.
+        if e.errno in (errno.EINVAL, errno.EPERM, errno.EBADF):
+            return False
+        raise
+
+
 def _check_region(region, fd, index):
     guest_addr, size, user_addr, offset = region
     if size == 0:
@@ -62,6 +85,7 @@ def _check_region(region, fd, index):
         if start + size > 1 << 64:
             raise RequestError("memory region wraps around", detail=f"region {index} {name} {start:#x}+{size:#x}")
     try:
+        seal_against_shrinking(fd)          # first, so the size below is final
         st = os.fstat(fd)
     except OSError as e:
         raise RequestError("bad memory region fd", detail=f"region {index}: {e.strerror}") from e
