@@ -13,6 +13,9 @@
 # (QEMU needs its guest memory shared: `-object memory-backend-memfd,id=m,size=...,share=on
 # -numa node,memdev=m`). Each socket serves one front-end at a time and is ready for the
 # next when it leaves; ^C (or SIGTERM) closes everything and removes the sockets.
+# Each front-end's session runs in a process of its own (L:742), so a front-end that
+# crashes it (say, by shrinking its guest memory under us: SIGBUS) ends only its own
+# session; --no-isolate serves in this process, as `lguest run` does.
 # (Debian's UML kernel has no HW_RANDOM_VIRTIO, so --rng is for other front-ends.)
 """
 
@@ -38,6 +41,10 @@ def parse_args(argv):
     kind.add_argument("--console", action="store_true", help="a console on our stdin/stdout")
     kind.add_argument("--rng", action="store_true", help="an entropy source (/dev/urandom)")
     p.add_argument("--mac", help="the net device's MAC address")
+    p.add_argument("--no-isolate", dest="isolate", action="store_false",
+                   help="serve each front-end in this process instead of a forked child "
+                        "(by default a front-end that crashes its session, e.g. by shrinking "
+                        "its memory file: SIGBUS, ends only that session, logged in one line)")
     p.add_argument("--verbose", "-v", action="store_true", help="log each connection and error")
     args = p.parse_args(argv)
     wanted = 2 if args.net == "pair" else 1
@@ -58,15 +65,17 @@ def build(args):
     return [devices.rng()]
 
 
-def serve(served, paths, stop):
-    """Serve each device on its socket until `stop` is set; always clean up."""
+def serve(served, paths, stop, isolate=False):
+    """Serve each device on its socket until `stop` is set; always clean up.
+    isolate: a process per session (L:742); main() turns it on unless --no-isolate."""
     servers = []
     try:
         for item, path in zip(served, paths):
-            server = VhostUserServer(item.backend(), path)
+            server = VhostUserServer(item.backend(), path, isolate=isolate)
             servers.append(server)
-            server.serve_in_thread()
+            # Logged before the server's thread starts, so never during its fork.
             logging.getLogger("lguest.vhost_user").info("serving %s on %s", item.device.name, path)
+            server.serve_in_thread()
         stop.wait()
     finally:
         for server in servers:
@@ -84,7 +93,7 @@ def main(argv=None):
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        serve(build(args), args.socket, stop)
+        serve(build(args), args.socket, stop, isolate=args.isolate)
     except LguestError as e:
         print(f"lguest vhost-user: {e}", file=sys.stderr)
         return 1

@@ -9,7 +9,9 @@
 #
 # When the front-end hangs up, or sends something malformed, the connection closes
 # and the backend forgets everything it was told (rings, memory, features), ready for
-# the next front-end; a UML guest that reboots simply connects again.
+# the next front-end; a UML guest that reboots simply connects again. With
+# isolate=True (the `lguest vhost-user` default) each session runs in a child process
+# instead (L:742), so a front-end that crashes its session cannot take the server down.
 """
 
 import array
@@ -21,6 +23,7 @@ import threading
 
 from ..errors import LauncherError
 from . import protocol as P
+from .isolation import Session, describe
 
 log = logging.getLogger("lguest.vhost_user")
 
@@ -94,14 +97,22 @@ def serve_connection(backend, conn):
 
 
 class VhostUserServer:
-    """A unix socket serving one backend to one front-end at a time."""
+    """A unix socket serving one backend to one front-end at a time.
 
-    def __init__(self, backend, path):
+    isolate=True serves each front-end in a forked child process (L:742): the
+    front-end can then crash its session, never the server. Off by default: in-process
+    sessions are what library users (and `lguest run`'s console callback) rely on."""
+
+    def __init__(self, backend, path, *, isolate=False):
         self.backend = backend
         self.path = path
+        self.isolate = isolate
         self._stopping = threading.Event()
         self.connections = 0
         self._conn = None
+        self._session = None
+        # close() and the serving thread both reach for the live connection and child.
+        self._lock = threading.Lock()
         self._thread = None
         try:
             if os.path.exists(path) and stat.S_ISSOCK(os.stat(path).st_mode):
@@ -123,8 +134,28 @@ class VhostUserServer:
             self.connections += 1
             self._conn = conn
             log.info("vhost-user %s: front-end connected on %s", self.backend.device.name, self.path)
-            serve_connection(self.backend, conn)
+            if self.isolate:
+                self._serve_in_child(conn)
+            else:
+                serve_connection(self.backend, conn)
             self._conn = None
+
+    def _serve_in_child(self, conn):
+        """Fork (on this, the accepting thread), wait for the session to end, reap it."""
+        with self._lock:
+            if self._stopping.is_set():
+                conn.close()
+                return
+            self._session = session = Session(conn, lambda: serve_connection(self.backend, conn))
+        session.wait_exit()
+        with self._lock:
+            status = session.reap()
+            self._session = None
+            # Only now does the front-end see the hang-up: our copy was the last one.
+            conn.close()
+        line = describe(status) if status is not None else None
+        if line:
+            log.error("vhost-user %s: %s", self.backend.device.name, line)
 
     def serve_in_thread(self):
         self._thread = threading.Thread(target=self.serve_forever, daemon=True,
@@ -134,12 +165,13 @@ class VhostUserServer:
 
     def close(self):
         self._stopping.set()
-        conn = self._conn
-        if conn is not None:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)   # ends the session's recvmsg
-            except OSError:
-                pass
+        with self._lock:
+            conn = self._conn
+            if conn is not None and conn.fileno() != -1:
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)   # ends the session's recvmsg
+                except OSError:
+                    pass
         try:
             self.listener.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -147,6 +179,11 @@ class VhostUserServer:
         self.listener.close()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(10)     # the session's clean-up (L:740) has run when this returns
+            if self._thread.is_alive() and self.isolate:
+                with self._lock:      # a session process that would not stop
+                    if self._session is not None:
+                        self._session.kill()
+                self._thread.join(5)
         if os.path.exists(self.path):
             os.unlink(self.path)
 
