@@ -181,8 +181,9 @@ def launch(config, *, out=None, reexec=None):
 
     memory = GuestMemory(config.mem_mb << 20)
     hosts, backend = [], None
-    previous = signal.signal(signal.SIGUSR1, raise_failed) \
-        if threading.current_thread() is threading.main_thread() else None
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGUSR1, raise_failed) if in_main else None
+    previous_int = _make_sigint_raise() if in_main else None
     try:
         backend = _open_backend(config, out, records)
         hosts = _devices(config, backend.name == "fake", out, on_error)
@@ -212,7 +213,23 @@ def launch(config, *, out=None, reexec=None):
         memory.close()
         if previous is not None:
             signal.signal(signal.SIGUSR1, previous)
+        if previous_int is not None:
+            signal.signal(signal.SIGINT, previous_int)
     return _finish(exit_, out, reexec)
+
+
+def _make_sigint_raise():
+    """Make SIGINT raise KeyboardInterrupt for the run; return the old handler to restore.
+
+    A launcher started in the background of a script inherits SIGINT ignored, and then
+    the console's ^C^C^C (L:324: the way out of a raw terminal, sent as SIGINT to this
+    thread) would do nothing: the user asked to stop, so the handler is put back."""
+    import signal
+    old = signal.getsignal(signal.SIGINT)
+    if old is signal.default_int_handler:
+        return None
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    return old
 
 
 def _finish(exit_, out, reexec):

@@ -169,9 +169,11 @@ def test_lguest_run_exit_status_timeout_and_panic(uml, short_dir):
 
 def test_lguest_run_stops_everything_on_interrupt(uml, short_dir):
     env = dict(os.environ, TMPDIR=short_dir, PYTHONPATH=ROOT)
+    # As from a terminal: SIGINT not ignored, even if this test runs as a background job.
     proc = subprocess.Popen([sys.executable, "-m", "lguest", "run", "--", "sh", "-c",
                              "echo started; sleep 60"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert proc.stdout.readline() == b"started\n"
         proc.send_signal(signal.SIGINT)

@@ -147,7 +147,15 @@ def test_console_both_directions_through_a_pty(console):
     assert lflag(slave) & RAW_OFF == RAW_OFF         # restored when the device closes
 
 
-def test_three_ctrl_c_interrupt_the_main_thread(console):
+@pytest.fixture
+def sigint_raises():
+    """SIGINT as a terminal session has it (a background job may inherit it ignored)."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
+def test_three_ctrl_c_interrupt_the_main_thread(console, sigint_raises):
     master, slave, host, guest = console
     (h,) = guest.handles
     rx = h.queue(0)

@@ -153,3 +153,20 @@ def test_any_run_can_be_recorded_with_lguest_trace(tmp_path, monkeypatch, capsys
     assert records[0]["type"] == "initialize" and records[-1]["type"] == "died"
     traps = [r for r in records if r["type"] == "trap"]
     assert len(traps) == len(records) - 2 and any(r["response"]["irqs"] for r in traps)
+
+
+def test_launch_makes_sigint_raise_even_if_inherited_ignored():
+    """The console's ^C^C^C is sent as SIGINT: it must stop a launcher that was started
+    with SIGINT ignored (a background job of a script), and the old handler comes back."""
+    import signal
+    from lguest.launcher import _make_sigint_raise
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        previous = _make_sigint_raise()
+        assert previous is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+        assert _make_sigint_raise() is None        # already raising: nothing to restore
+    finally:
+        signal.signal(signal.SIGINT, old)
