@@ -146,7 +146,12 @@ class VhostUserServer:
             if self._stopping.is_set():
                 conn.close()
                 return
-            self._session = session = Session(conn, lambda: serve_connection(self.backend, conn))
+            try:
+                self._session = session = Session(conn, lambda: serve_connection(self.backend, conn))
+            except OSError as e:          # EAGAIN, ENOMEM: refuse this one, keep serving
+                log.error("vhost-user %s: cannot fork a session: %s", self.backend.device.name, e)
+                conn.close()
+                return
         session.wait_exit()
         with self._lock:
             status = session.reap()

@@ -183,6 +183,32 @@ def test_close_ends_a_live_isolated_session(tmp_path):
     assert children_of(os.getpid()) == []
 
 
+def test_a_failed_fork_refuses_one_front_end_and_serves_the_next(tmp_path, monkeypatch):
+    import lguest.vhost_user.isolation as isolation
+    image = tmp_path / "img"
+    image.write_bytes(bytes(64 * SECTOR))
+    store = FileStore(str(image))
+    path = str(tmp_path / "lib.sock")
+    server = VhostUserServer(VhostUserBackend(BlockDevice(store)), path, isolate=True)
+    real_fork, failures = os.fork, []
+
+    def fork_once_failing():
+        if not failures:
+            failures.append(1)
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        return real_fork()
+    monkeypatch.setattr(isolation.os, "fork", fork_once_failing)
+    server.serve_in_thread()
+    try:
+        with connect(path) as fe:
+            assert fe.sock.recv(1) == b""        # refused: hung up at once
+        assert block_session(path, 1, 0x77) == b"\x77" * SECTOR
+    finally:
+        server.close()
+        store.close()
+    assert failures == [1] and children_of(os.getpid()) == []
+
+
 def test_seals_a_memfd_that_allows_it_against_shrinking():
     fd = os.memfd_create("sealable", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
