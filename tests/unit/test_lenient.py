@@ -155,7 +155,9 @@ def test_threaded_runner_error_reaches_the_transport_not_the_launcher():
         t = m.transports[0]
         m.loop(bad)
         deadline = time.monotonic() + 10
-        while t.broken is None and time.monotonic() < deadline:
+        # The queue thread sets `broken` first (it guards against a second error), then
+        # the status bit, then stops the runner: wait for all of it, not the first step.
+        while (t.broken is None or runner.running) and time.monotonic() < deadline:
             time.sleep(0.01)
         assert t.broken is not None and t.broken.rule == "Looped descriptor"
         assert bad.get_status() & STATUS_DEVICE_NEEDS_RESET
