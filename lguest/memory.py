@@ -13,6 +13,7 @@
 import ctypes
 import mmap
 import struct
+import sys
 
 from .errors import GuestMemoryError, LauncherError
 
@@ -26,6 +27,29 @@ _U64 = struct.Struct("<Q")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+
+
+#L:105 A store another CPU may be watching must be one store. struct's pack_into is
+# not: CPython's s_pack_internal() first zeroes all the bytes it is about to fill, then
+# writes each field, so a ring index going from 5 to 6 reads 0 in between -- to a
+# guest or a front-end on another CPU, and for good if we are killed there. A driver
+# that sees used.idx 0 walks into used entries nobody wrote ("device used id 1, which
+# is not a head"); a device that sees avail.idx 0 thinks the guest moved it by 65000.
+# Assigning an item of a memoryview cast to the field's type is a memcpy of a
+# constant size in C: one store of the whole field (ring fields are naturally
+# aligned, and x86 never tears those). Such views are native-endian: on a big-endian
+# host we copy the packed bytes in instead, a plain copy with no zeroing first.
+_NATIVE_LITTLE = sys.byteorder == "little"
+
+
+def store(buf, off, fmt, value):
+    """Write the little-endian integer `fmt` (a one-field struct.Struct) at buf[off]
+    in one store, never through an intermediate value."""
+    end = off + fmt.size
+    if _NATIVE_LITTLE:
+        buf[off:end].cast(fmt.format[-1])[0] = value
+    else:
+        buf[off:end] = fmt.pack(value)
 
 
 def page_align_up(n):
@@ -69,7 +93,7 @@ class Memory:
 
     def _put(self, fmt, addr, value):
         buf, off = self._locate(addr, fmt.size)
-        fmt.pack_into(buf, off, value)
+        store(buf, off, fmt, value)         # one store: rings are read as we write (L:105)
 
     def read_u8(self, addr): return self._get(_U8, addr)
     def read_u16(self, addr): return self._get(_U16, addr)

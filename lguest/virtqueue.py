@@ -19,6 +19,7 @@ import _thread
 import struct
 
 from .errors import GuestError
+from .memory import store
 from .virtio import (DESC_SIZE, F_RING_EVENT_IDX, F_RING_INDIRECT_DESC,
                      USED_ELEM_SIZE, VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT,
                      VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY, bit)
@@ -276,7 +277,10 @@ class Virtqueue:
     # we wrote into the next used slot, then publish the new used.idx. The element must
     # be visible before the index (the seed's wmb()): two separate stores, made in
     # program order, and x86 keeps stores in order. used_idx is our own shadow: we
-    # never re-read used.idx from the guest, who could scribble on it.
+    # never re-read used.idx from the guest, who could scribble on it. The index itself
+    # must be one store (L:105): struct's pack_into passes through 0, and a driver that
+    # reads that 0 -- or finds it there after we were killed -- takes entries we never
+    # wrote. The element may be packed: the driver reads no slot before the index.
     def push(self, head, written):
         if not self._bound:
             self._bind()
@@ -284,7 +288,7 @@ class Virtqueue:
         idx = self.used_idx
         _USED_ELEM.pack_into(ubuf, uoff + 4 + USED_ELEM_SIZE * (idx % self.size), head, written)
         idx = (idx + 1) & 0xFFFF
-        _U16.pack_into(ubuf, uoff + 2, idx)
+        store(ubuf, uoff + 2, _U16, idx)
         self.used_idx = idx
         self._pending_used += 1
 
@@ -301,7 +305,7 @@ class Virtqueue:
             n += 1
         if n:
             idx = (idx + n) & 0xFFFF
-            _U16.pack_into(ubuf, uoff + 2, idx)
+            store(ubuf, uoff + 2, _U16, idx)
             self.used_idx = idx
             self._pending_used += n
 
@@ -346,18 +350,20 @@ class Virtqueue:
     # driver "MUST ignore" used.flags then); disabling is then simply not moving it, as
     # vhost does. After enabling, the caller must look again (has_available()): the
     # driver may have added a chain just before it saw our change, and will not kick
-    # for it. The barrier orders our store before that second look.
+    # for it. The barrier orders our store before that second look. The driver reads
+    # both words as we write them, so each is one store (L:105): an avail_event
+    # passing through 0 would tell it not to kick.
     def set_notifications(self, enabled):
         if not self._bound:
             self._bind()
         ubuf, uoff = self._used_buf, self._used_off
         if self.event_idx:
             if enabled:
-                _U16.pack_into(ubuf, uoff + 4 + USED_ELEM_SIZE * self.size, self.last_avail_idx)
+                store(ubuf, uoff + 4 + USED_ELEM_SIZE * self.size, _U16, self.last_avail_idx)
         else:
             flags = _U16.unpack_from(ubuf, uoff)[0]
             flags = flags & ~VRING_USED_F_NO_NOTIFY if enabled else flags | VRING_USED_F_NO_NOTIFY
-            _U16.pack_into(ubuf, uoff, flags)
+            store(ubuf, uoff, _U16, flags)
         if enabled:
             self._full_barrier()
 
