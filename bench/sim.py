@@ -17,6 +17,7 @@ from lguest.backends.fake import FakeBackend
 from lguest.backends.fake_guest import GuestKernel
 from lguest.devices.base import InlineRunner
 from lguest.devices.block import BlockDevice
+from lguest.devices.inmemory import MemoryStore
 from lguest.driver.pci import VirtioPciDriver
 from lguest.driver.vring import GuestAllocator
 from lguest.launcher import run_guest
@@ -24,31 +25,6 @@ from lguest.memory import GuestMemory
 from lguest.pci.bus import PciBus
 
 OUTHDR = struct.Struct("<IIQ")
-
-
-class MemStore:
-    """An in-memory disk: the store interface of BlockDevice."""
-
-    def __init__(self, size):
-        self.data = bytearray(size)
-        self.size = size
-
-    def readv_at(self, offset, views):
-        n = 0
-        for v in views:
-            v[:] = self.data[offset + n:offset + n + len(v)]
-            n += len(v)
-        return n
-
-    def writev_at(self, offset, views):
-        n = 0
-        for v in views:
-            self.data[offset + n:offset + n + len(v)] = v
-            n += len(v)
-        return n
-
-    def flush(self):
-        pass
 
 
 def workload(handles, transact, negotiations, round_trips, times):
@@ -70,7 +46,7 @@ def workload(handles, transact, negotiations, round_trips, times):
 def new_bus():
     memory = GuestMemory(8 << 20)
     bus = PciBus(memory)
-    bus.add_device(BlockDevice(MemStore(1 << 20), name="vda"), InlineRunner())
+    bus.add_device(BlockDevice(MemoryStore(bytes(1 << 20)), name="vda"), InlineRunner())
     return memory, bus
 
 

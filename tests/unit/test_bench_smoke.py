@@ -28,14 +28,6 @@ def test_simulation_measures_positive_rates():
     assert negotiations > 0 and round_trips > 0
 
 
-def test_memstore_reads_what_was_written():
-    store = sim.MemStore(4096)
-    store.writev_at(100, [memoryview(b"abc"), memoryview(b"de")])
-    out = [bytearray(2), bytearray(3)]
-    assert store.readv_at(100, [memoryview(b) for b in out]) == 5
-    assert bytes(out[0] + out[1]) == b"abcde"
-
-
 def test_targets_read_the_right_way_round():
     assert common.Row("x", "m", 95, 100, "MB/s", ">= 0.9x").holds() is True
     assert common.Row("x", "m", 85, 100, "MB/s", ">= 0.9x").holds() is False
