@@ -41,15 +41,18 @@ RULE_ALIGNMENT = "invalid alignment in queue addresses"
 RULE_USED_FLAGS = "invalid initial used.flags"
 RULE_AVAIL_FLAGS = "invalid avail->flags"             # ... "avail->flags = %u"
 RULE_QUEUE_SIZE = "invalid queue size"                # not the seed's: the transport's
+RULE_RINGS_OVERLAP = "virtqueue parts overlap"        # not the seed's (issue 15)
+RULE_CHAIN_LENGTH = "descriptor chain longer than 2^32 bytes"   # not the seed's (2.7.5)
 
 SEED_RULES = frozenset({
     RULE_AVAIL_MOVED, RULE_HEAD_RANGE, RULE_NEXT_RANGE, RULE_LOOP, RULE_OUT_AFTER_IN,
     RULE_INDIRECT_FEATURE, RULE_INDIRECT_NESTED, RULE_INDIRECT_NEXT, RULE_INDIRECT_SIZE,
     RULE_INDIRECT_TOO_MANY, RULE_ADDRESS, RULE_ALIGNMENT, RULE_USED_FLAGS,
-    RULE_AVAIL_FLAGS, RULE_QUEUE_SIZE,
+    RULE_AVAIL_FLAGS, RULE_QUEUE_SIZE, RULE_RINGS_OVERLAP, RULE_CHAIN_LENGTH,
 })
 
 MAX_QUEUE_SIZE = 32768      # 2.4: "The maximum Queue Size value is 32768"
+MAX_CHAIN_BYTES = 1 << 32   # 2.7.5: a chain's total length, and what a used len can say
 
 _U16 = struct.Struct("<H")
 _DESC = struct.Struct("<QIHH")
@@ -129,6 +132,7 @@ class Virtqueue:
         self._pending_used = 0
         self._signalled_used = 0
         self._bound = False
+        self._budget = None         # chains pop() may still hand out this round (L:221)
         self._fence = _thread.allocate_lock()
         try:
             self._bind()
@@ -160,17 +164,39 @@ class Virtqueue:
         self._bound = True
 
     def check_enable(self):
-        # 2.4.1: "The driver MUST ensure that the physical address of the first byte of
-        # each virtqueue part is a multiple of the specified alignment value"
-        # (descriptor table 16, available ring 2, used ring 4).
-        if self.desc % 16 or self.avail % 2 or self.used % 4:
-            raise self._error(RULE_ALIGNMENT, f"desc {self.desc:#x} avail {self.avail:#x} used {self.used:#x}")
+        self._check_alignment()
         self._bind()
+        self._check_overlap()
         # 2.4.9.1 (2.6.8.1 later): "The driver MUST initialize flags in the used ring
         # to 0 when allocating the used ring."
         flags = _U16.unpack_from(self._used_buf, self._used_off)[0]
         if flags != 0:
             raise self._error(RULE_USED_FLAGS, f"{flags:#x}")
+
+    def check_layout(self):
+        """Alignment, and no part over another: every transport, at enable time."""
+        self._check_alignment()
+        self._check_overlap()
+
+    def _check_alignment(self):
+        # 2.4.1: "The driver MUST ensure that the physical address of the first byte of
+        # each virtqueue part is a multiple of the specified alignment value"
+        # (descriptor table 16, available ring 2, used ring 4).
+        if self.desc % 16 or self.avail % 2 or self.used % 4:
+            raise self._error(RULE_ALIGNMENT, f"desc {self.desc:#x} avail {self.avail:#x} used {self.used:#x}")
+
+    def _check_overlap(self):
+        # The used ring is the one part we write. Over the available ring, each push
+        # would move the avail.idx the next pop reads, and a serve loop would never
+        # see the ring empty; over the descriptor table, we would rewrite chains under
+        # the driver. Neither is a layout a driver can mean, so refuse it here.
+        extra = 2 if self.event_idx else 0
+        used = (self.used, self.used + 4 + USED_ELEM_SIZE * self.size + extra)
+        for name, start, length in (("avail", self.avail, 4 + 2 * self.size + extra),
+                                    ("desc", self.desc, DESC_SIZE * self.size)):
+            if start < used[1] and used[0] < start + length:
+                raise self._error(RULE_RINGS_OVERLAP,
+                                  f"used {self.used:#x}+{used[1] - used[0]:#x} over {name} {start:#x}+{length:#x}")
 
     #L:220 Is there anything for us? The driver's avail.idx runs ahead of our
     # last_avail_idx by the number of chains we have not taken yet. The seed's
@@ -181,6 +207,22 @@ class Virtqueue:
         if not self._bound:
             self._bind()
         return _U16.unpack_from(self._avail_buf, self._avail_off + 2)[0] != self.last_avail_idx
+
+    #L:221 A round's budget. A device's process() pops until pop() says None, and
+    # what a device writes (a used element, a block read, random bytes) may land in
+    # the guest's own avail ring and move avail.idx on: a guest could keep one
+    # process() call -- one notify through PciBus.access -- busy for ever. So pop()
+    # hands out at most `size` chains per round -- all a driver can have offered at
+    # once -- when the caller asks for rounds: the runners do (new_round(), L:315),
+    # and go round again later if round_spent. A caller that never asks (a test
+    # popping by hand) has no limit, as before.
+    def new_round(self):
+        self._budget = self.size
+
+    @property
+    def round_spent(self):
+        """True if pop() stopped because of the budget, not because the ring was empty."""
+        return self._budget == 0 and self.has_available()
 
     def pop(self):
         """Take the next available chain, or None. Raises GuestError for a bad one."""
@@ -193,6 +235,10 @@ class Virtqueue:
             return None
         if (avail_idx - last) & 0xFFFF > self.size:
             raise self._error(RULE_AVAIL_MOVED, f"from {last} to {avail_idx}")
+        if self._budget is not None:
+            if self._budget <= 0:
+                return None         # the rest waits for the next round (L:221)
+            self._budget -= 1
         # The seed's rmb() sits here: read the ring entry only after the index. In
         # CPython each read is a separate call, made in program order, and x86 does
         # not reorder loads with loads, so the order we write is the order we get.
@@ -218,11 +264,14 @@ class Virtqueue:
     # Size of the device"), so a loop is caught after `max` steps. As in the seed, the
     # count runs on into an indirect table and is then held against the table's size,
     # so direct descriptors ahead of an indirect one are refused as a loop too.
+    # 2.7.5 (split ring descriptors): "Drivers MUST NOT add a descriptor chain longer
+    # than 2^32 bytes in total"; a used element's len is a u32, so a longer chain
+    # could not even be answered. Every device gets that check here, once.
     def _walk(self, head, readable, writable):
         locate, unpack = self.memory._locate, _DESC.unpack_from
         table, base, count = self._desc_buf, self._desc_off, self.size
         indirect = False
-        i, seen = head, 0
+        i, seen, total = head, 0, 0
         while True:
             addr, length, flags, nxt = unpack(table, base + DESC_SIZE * i)
             if flags & VRING_DESC_F_INDIRECT:
@@ -230,14 +279,26 @@ class Virtqueue:
                 indirect = True
                 i = 0
                 continue
-            buf, off = locate(addr, length)
+            total += length
+            if total > MAX_CHAIN_BYTES:
+                raise self._error(RULE_CHAIN_LENGTH, f"{total} bytes from head {head}")
+            try:
+                buf, off = locate(addr, length)
+                views = (buf[off:off + length],)
+            except GuestError:
+                #L:231 A buffer may run from one memory region into the next, adjacent
+                # one (QEMU splits RAM at 3.5 GiB, rust-vmm at its slots): then it is
+                # one view per region. Memory that is not contiguous still fails.
+                views = self.memory.views(addr, length)
             if flags & VRING_DESC_F_WRITE:
-                writable.append(buf[off:off + length])
+                writable.extend(views)
             else:
                 # "they're all supposed to come before any input descriptors"
                 if writable:
+                    for view in views:
+                        view.release()
                     raise self._error(RULE_OUT_AFTER_IN, f"descriptor {i}")
-                readable.append(buf[off:off + length])
+                readable.extend(views)
             seen += 1
             if seen > count:
                 raise self._error(RULE_LOOP, f"more than {count} descriptors from head {head}")
@@ -286,6 +347,8 @@ class Virtqueue:
             self._bind()
         ubuf, uoff = self._used_buf, self._used_off
         idx = self.used_idx
+        # A chain of exactly 2^32 bytes (the most _walk allows) still needs a u32 len.
+        written = min(written, MAX_CHAIN_BYTES - 1)
         _USED_ELEM.pack_into(ubuf, uoff + 4 + USED_ELEM_SIZE * (idx % self.size), head, written)
         idx = (idx + 1) & 0xFFFF
         store(ubuf, uoff + 2, _U16, idx)
@@ -301,7 +364,8 @@ class Virtqueue:
         pack = _USED_ELEM.pack_into
         n = 0
         for head, written in entries:
-            pack(ubuf, uoff + 4 + USED_ELEM_SIZE * ((idx + n) % size), head, written)
+            pack(ubuf, uoff + 4 + USED_ELEM_SIZE * ((idx + n) % size), head,
+                 min(written, MAX_CHAIN_BYTES - 1))
             n += 1
         if n:
             idx = (idx + n) & 0xFFFF

@@ -105,8 +105,10 @@ class InlineRunner(DeviceRunner):
         self.serve(queue_index)
 
     def serve(self, queue_index):
+        queue = self.device.queues[queue_index]
+        if queue is not None:
+            queue.new_round()       # one notify, at most one ring's worth (L:221)
         if self.device.process(queue_index):
-            queue = self.device.queues[queue_index]
             if queue is not None and queue.should_interrupt():
                 self.interrupt(queue_index)
 
@@ -121,20 +123,32 @@ class InlineRunner(DeviceRunner):
 # because a chain added just before the guest saw our change would get no kick. The
 # interrupt goes out when the device used something and the queue says the guest
 # wants to hear of it (L:260).
+#
+# However busy the ring, one call does a bounded amount of work: ROUNDS rounds of at
+# most a ring's worth of chains each (L:221). A guest that keeps the ring full (or
+# writes into its own avail ring) then finds queue.round_spent set, and the runner
+# comes back after looking at its stop fd -- so a reset can always stop the thread.
+ROUNDS = 4
+
+
 def serve_until_idle(device, queue_index, interrupt):
-    """Serve one queue until nothing more comes; True if any buffer was used."""
+    """Serve one queue until nothing more comes, or the rounds are spent (then
+    queue.round_spent says so); True if any buffer was used."""
     queue = device.queues[queue_index]
     progress = False
-    while True:
+    for _ in range(ROUNDS):
         queue.set_notifications(False)
+        queue.new_round()
         used = device.process(queue_index)
         queue.set_notifications(True)
+        queue.new_round()
         used_more = device.process(queue_index)
         progress = progress or used or used_more
         if (used or used_more) and queue.should_interrupt():
             interrupt(queue_index)
         if not used_more:
-            return progress
+            break
+    return progress
 
 
 # -- scatter-gather helpers shared by the devices and their host side ------------------

@@ -11,6 +11,24 @@ from ..virtio import ID_RNG
 from .base import VirtioDevice, iov_skip
 
 
+#L:362 How much we give per buffer. The device may write less than a buffer holds
+# (the used len says how much), and a guest that hands us 256 descriptors over all
+# of its RAM -- overlapping, so a chain is 256 x RAM -- must not cost us gigabytes of
+# /dev/urandom per kick. Linux asks for 64 bytes at a time; 64 KiB is plenty.
+MAX_FILL = 64 << 10
+
+
+def iov_prefix(views, n):
+    """The first n bytes of the buffers, as slices (nothing is copied)."""
+    out = []
+    for v in views:
+        if n <= 0:
+            break
+        out.append(v[:n] if v.nbytes > n else v)
+        n -= v.nbytes
+    return out
+
+
 class RngDevice(VirtioDevice):
     """virtio-rng: one queue, "input", no configuration space, no features."""
 
@@ -28,7 +46,7 @@ class RngDevice(VirtioDevice):
             if chain.readable:
                 raise GuestError("Output buffers in rng?", device=self.name,
                                  queue=self.queue_names[queue_index])
-            queue.push(chain.head, self.fill(chain.writable))
+            queue.push(chain.head, self.fill(iov_prefix(chain.writable, MAX_FILL)))
             used = True
         return used
 

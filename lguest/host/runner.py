@@ -39,6 +39,8 @@ class ThreadedRunner(DeviceRunner):
     def __init__(self, wake_fds=None, on_error=None):
         self.wake_fds = dict(wake_fds or {})
         self.on_error = on_error
+        # on_queue_error(qi, exc), if set, hears which queue stopped (vhost-user, L:730).
+        self.on_queue_error = None
         self.device = None
         self.interrupt = None
         self.errors = []
@@ -117,6 +119,8 @@ class ThreadedRunner(DeviceRunner):
             while True:
                 _drain(kick_fd)
                 progress = serve_until_idle(device, qi, interrupt)   # L:315
+                if queue.round_spent:
+                    os.eventfd_write(kick_fd, 1)    # more to do: come back after a look at stop_fd
                 if hung_up and not progress:
                     #L:903 A host fd that reports an error or hang-up and still gives
                     # the device nothing (a tap whose interface was deleted answers
@@ -146,7 +150,9 @@ class ThreadedRunner(DeviceRunner):
 
     def _failed(self, device, qi, exc):
         name = device.queue_names[qi] if device else qi
-        if self.on_error is not None:
+        if self.on_queue_error is not None:
+            self.on_queue_error(qi, exc)
+        elif self.on_error is not None:
             self.on_error(exc)
         else:
             log.error("%s vq %s stopped: %s", getattr(device, "name", "device"), name, exc,

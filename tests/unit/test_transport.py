@@ -214,6 +214,7 @@ def test_enable_checks_the_ring_and_refuses_late_or_live_changes(memory, t):
     t.emulate_mmio_write(36, 4, 1)                 # a high half: far outside memory
     assert rule_of(t.emulate_mmio_write, 28, 2, 1) == "Invalid address"
     t.emulate_mmio_write(36, 4, 0)
+    t.emulate_mmio_write(40, 4, 0x800)             # avail apart from used: overlap is refused
     memory.write_u16(0, 1)                         # used.flags (used ring at 0) must be 0
     assert rule_of(t.emulate_mmio_write, 28, 2, 1) == "invalid initial used.flags"
     memory.write_u16(0, 0)
