@@ -74,6 +74,11 @@ class Memory:
         """check_pointer(): raise GuestMemoryError unless the whole range is guest memory."""
         self._locate(addr, length)
 
+    def views(self, addr, length):
+        """[addr, addr+length) as zero-copy views, one per piece of memory it spans.
+        One mapping: one view. (vhost-user's regions split a range, L:231.)"""
+        return [self.view(addr, length)]
+
     def view(self, addr, length):
         """A zero-copy memoryview of guest memory (writes go straight to the guest)."""
         buf, off = self._locate(addr, length)

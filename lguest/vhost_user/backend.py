@@ -23,7 +23,7 @@ from ..errors import GuestError
 from ..virtqueue import Virtqueue
 from . import protocol as P
 from .memory import RegionMemory
-from .rings import DirectRunner, KickWatcher, Vring, set_nonblocking, signal_fd
+from .rings import DirectRunner, KickWatcher, Vring, signal_fd
 
 log = logging.getLogger("lguest.vhost_user")
 
@@ -227,9 +227,11 @@ class VhostUserBackend:
         index, num = P.decode_state(msg)
         vring = self._vring(index)
         # virtio 2.7: "Queue Size value is always a power of 2. The maximum Queue Size
-        # value is 32768." (The seed: "invalid queue size".)
-        if num == 0 or num & (num - 1) or num > MAX_QUEUE_SIZE:
-            raise P.RequestError("invalid queue size", queue=index, detail=str(num))
+        # value is 32768." (The seed: "invalid queue size".) And no larger than the
+        # device takes, as over PCI (queue_size is capped at queue_max_size there).
+        limit = min(MAX_QUEUE_SIZE, self.device.queue_max_size)
+        if num == 0 or num & (num - 1) or num > limit:
+            raise P.RequestError("invalid queue size", queue=index, detail=f"{num} (max {limit})")
         live = self._changing(vring)
         vring.num = num
         if live:
@@ -261,9 +263,11 @@ class VhostUserBackend:
         # index we return is final; a later SET_VRING_BASE/KICK starts where it left off.
         index, _ = P.decode_state(msg)
         vring = self._vring(index)
-        was_serving = vring.serving
+        # A ring stopped by an error is not serving, but its queue still knows how
+        # far it got: that index, not the one from before it started, is the answer.
+        was_running = vring.serving or vring.queue is not None
         vring.started = False
-        if was_serving:
+        if was_running:
             self._restart_serving()
         vring.replace_fd("kick_fd", None)
         return P.pack_state(index, vring.base)
@@ -298,16 +302,14 @@ class VhostUserBackend:
             if fd is not None:
                 os.close(fd)
             raise
-        if fd is not None:
-            set_nonblocking(fd)
         # A ring thread may be signalling the old fd right now: closing it under that
-        # thread could make the write land in whatever file reuses the number next.
-        live = any(v.serving for v in self.vrings)
-        if live:
-            self._stop_serving()
-        vring.replace_fd(attribute, fd)
-        if live:
-            self._restart_serving()
+        # thread could make the write land in whatever file reuses the number next. So
+        # the swap happens under the lock every signal takes -- not by stopping the
+        # rings: QEMU sends SET_VRING_CALL at each MSI-X mask and unmask, and a device
+        # reset each time would throw away in-flight work. (Nor do we make the fd
+        # non-blocking: it is shared with the front-end; signal_fd polls instead.)
+        with vring.signal_lock:
+            vring.replace_fd(attribute, fd)
 
     def _set_vring_call(self, msg):
         self._set_vring_fd(msg, "call_fd")
@@ -379,6 +381,7 @@ class VhostUserBackend:
         queue = Virtqueue(self.memory, vring.num, desc, avail, used, features=self.negotiated,
                           name=self.device.queue_names[vring.index], device=self.device.name,
                           last_avail_idx=vring.base)
+        queue.check_layout()          # aligned, and no used ring over the others (L:210)
         # The queue takes its used index from the ring itself, as the kernel's vhost
         # does, so a restarted ring continues where the used ring says it is.
         if self.recorder is not None:
@@ -415,6 +418,10 @@ class VhostUserBackend:
             return
         self.device.activate(queues, self.negotiated)
         self.runner = self.runner_factory()
+        if hasattr(self.runner, "on_queue_error"):
+            # A ThreadedRunner (console, net) serves on threads of its own: their
+            # errors are this ring's errors too, not just a line in the log.
+            self.runner.on_queue_error = lambda qi, e: self._ring_error(self.vrings[qi], e)
         self.runner.start(self.device, self._interrupt)
         for vring in live:
             serve = self.runner.kick
@@ -427,12 +434,25 @@ class VhostUserBackend:
     def _interrupt(self, queue_index):
         if self.recorder is not None:
             self.recorder.call(queue_index)
-        signal_fd(self.vrings[queue_index].call_fd)
+        vring = self.vrings[queue_index]
+        with vring.signal_lock:
+            signal_fd(vring.call_fd)
 
     def _ring_error(self, vring, error):
         if isinstance(error, GuestError):
             error.where(self.device.name, self.device.queue_names[vring.index])
         log.error("vhost-user %s: %s; vq %d no longer served", self.device.name, error, vring.index)
         vring.broken = True
-        self.errors.append((vring.index, error))
-        signal_fd(vring.err_fd)
+        # Keep what went wrong, not where: the traceback's frames hold the chain's
+        # memoryviews into guest memory, and with them the session's mapping and its
+        # fd would outlive the session (served in-process, for good).
+        self.errors.append((vring.index, summarised(error)))
+        with vring.signal_lock:
+            signal_fd(vring.err_fd)
+
+
+def summarised(error):
+    """The exception without its traceback or the exceptions it was raised from."""
+    error.__traceback__ = None
+    error.__context__ = error.__cause__ = None
+    return error

@@ -71,9 +71,14 @@ def net_tap(spec, mac=None):
     if len(parts) not in (2, 3) or parts[0] != "tap" or not parts[1]:
         raise LauncherError(f"--net={spec}: expected tap:NAME or tap:NAME:IPADDR")
     tap = open_tap(parts[1])
-    if len(parts) == 3:
-        configure_device(tap.name, parts[2])
-    return Served(NetDevice(tap, mac=mac), _woken_by(RX, tap.fd), [tap])
+    try:                          # a tap we could not set up is not left open
+        if len(parts) == 3:
+            configure_device(tap.name, parts[2])
+        device = NetDevice(tap, mac=mac)
+    except BaseException:
+        tap.close()
+        raise
+    return Served(device, _woken_by(RX, tap.fd), [tap])
 
 
 class DatagramLink:

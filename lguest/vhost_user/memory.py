@@ -135,6 +135,30 @@ class RegionMemory(Memory):
                 return r.view, addr - r.guest_addr
         raise GuestMemoryError("Invalid address", detail=f"{addr:#x}+{length:#x} is in no memory region")
 
+    def views(self, addr, length):
+        """A range that runs through adjacent regions, as one view per region (L:231).
+        QEMU splits guest RAM into regions that touch (below and above the PCI hole
+        when it is small, or at each DIMM), and a driver's buffer may span the join."""
+        views, at, end = [], addr, addr + length
+        while at < end:
+            for r in self.regions:
+                if r.guest_addr <= at < r.guest_end:
+                    n = min(end, r.guest_end) - at
+                    views.append(r.view[at - r.guest_addr:at - r.guest_addr + n])
+                    at += n
+                    break
+            else:
+                for view in views:
+                    view.release()
+                raise GuestMemoryError("Invalid address", detail=f"{addr:#x}+{length:#x} is in no memory region")
+        return views if views else [self.view(addr, length)]
+
+    def read(self, addr, length):
+        try:
+            return super().read(addr, length)
+        except GuestMemoryError:           # across adjacent regions, or really outside
+            return b"".join(bytes(v) for v in self.views(addr, length))
+
     def user_to_guest(self, user_addr, length):
         """A front-end user address range -> guest-physical, or RequestError."""
         for r in self.regions:

@@ -44,6 +44,8 @@ class Vring:
         self.enabled = False      # SET_VRING_ENABLE (or on by default, see L:722)
         self.broken = False       # the guest broke a rule on it: not served until re-set-up
         self.queue = None         # the Virtqueue while served
+        # Held while signalling call_fd/err_fd and while replacing them (L:730).
+        self.signal_lock = threading.Lock()
 
     @property
     def serving(self):
@@ -61,19 +63,27 @@ class Vring:
 
 
 def signal_fd(fd):
-    """Write a u64 1 to an eventfd or pipe; never block, never raise."""
+    """Write a u64 1 to an eventfd or pipe; never block, never raise.
+
+    The fd is the front-end's: its open file is shared with QEMU or virtio_uml, so we
+    must not make it non-blocking (QEMU's own reads and writes would change under it).
+    Instead we ask poll() first: POLLOUT on a pipe means room for PIPE_BUF bytes, and
+    on an eventfd that the counter can take our 1, and nobody but us writes it, so the
+    write that follows cannot block. Not writable means an interrupt is already pending
+    (a full pipe, an eventfd nobody reads): one more adds nothing."""
     if fd is None:
         return
     try:
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        ready = poller.poll(0)
+        if not ready or not ready[0][1] & select.POLLOUT:
+            return
         os.write(fd, ONE)
     except BlockingIOError:
-        pass                      # a pipe full of pending interrupts: one more adds nothing
+        pass
     except OSError as e:
         log.warning("vhost-user: cannot signal fd %d: %s", fd, e)
-
-
-def set_nonblocking(fd):
-    os.set_blocking(fd, False)
 
 
 class KickWatcher:
@@ -97,6 +107,13 @@ class KickWatcher:
         os.close(self._stop_r)
         os.close(self._stop_w)
 
+    #L:731 A kick fd is meant to be an eventfd: readable once per kick, 8 bytes, and
+    # drained by our read. A front-end may hand over anything -- a memfd or /dev/null
+    # (always readable, read gives b""), a pipe whose writer closed (POLLHUP for ever)
+    # -- and poll() would then wake us at once, every time: a thread at 100% CPU
+    # serving an idle ring. Any of those signs means the fd will never kick properly,
+    # so we say so once and stop watching it; the ring keeps its place, and a new
+    # SET_VRING_KICK starts it again.
     def _run(self):
         poller = select.poll()
         poller.register(self.vring.kick_fd, select.POLLIN)
@@ -106,28 +123,41 @@ class KickWatcher:
         if not self._serve_once():
             return
         while True:
-            events = poller.poll()
-            if any(fd == self._stop_r for fd, _ in events):
+            events = dict(poller.poll())
+            if self._stop_r in events:
                 return
+            flags = events.get(self.vring.kick_fd, 0)
             try:
-                os.read(self.vring.kick_fd, 8)
+                got = os.read(self.vring.kick_fd, 8) if flags & select.POLLIN else b""
             except BlockingIOError:
-                pass
+                got = None            # someone else drained it: nothing to say
             except OSError as e:
                 log.warning("vhost-user: vq %d kick fd: %s; ring stopped", self.vring.index, e)
+                return
+            if got is not None and len(got) != 8:
+                log.warning("vhost-user: vq %d kick fd is not an eventfd (poll %#x, read %d "
+                            "bytes); no longer watched", self.vring.index, flags, len(got))
                 return
             if not self._serve_once():
                 return
 
     def _serve_once(self):
+        """Serve the ring, and again while a round was spent (L:221) and no stop came;
+        False once the ring is broken."""
         try:
-            self._serve(self.vring.index)
-            return True
+            while self._serve(self.vring.index) and not self._stopping():
+                pass
+            return not self.vring.broken      # a runner thread may have reported it
         except GuestError as e:
             self._on_error(self.vring, e)
         except Exception as e:        # a host error (disk gone, tap down): same treatment
             self._on_error(self.vring, e)
         return False
+
+    def _stopping(self):
+        poller = select.poll()
+        poller.register(self._stop_r, select.POLLIN)
+        return bool(poller.poll(0))
 
 
 #L:732 For devices fed only by the guest (block, rng, console output) the kick
@@ -142,6 +172,13 @@ class DirectRunner(InlineRunner):
     """Serve a kick on the thread that saw it: the KickWatcher's own thread."""
 
     def serve(self, queue_index):
+        """Serve a kick; True if the ring has more for another round (L:221)."""
         device = self.device
-        if device is not None and device.queues[queue_index] is not None:
-            serve_until_idle(device, queue_index, self.interrupt)
+        queue = device.queues[queue_index] if device is not None else None
+        if queue is None:
+            return False
+        serve_until_idle(device, queue_index, self.interrupt)
+        return queue.round_spent
+
+    def kick(self, queue_index):
+        return self.serve(queue_index) if self.device is not None else False

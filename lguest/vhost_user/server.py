@@ -114,6 +114,7 @@ class VhostUserServer:
         # close() and the serving thread both reach for the live connection and child.
         self._lock = threading.Lock()
         self._thread = None
+        self.listener = None
         try:
             if os.path.exists(path) and stat.S_ISSOCK(os.stat(path).st_mode):
                 os.unlink(path)       # a stale socket from a previous run
@@ -121,7 +122,9 @@ class VhostUserServer:
             self.listener.bind(path)
             self.listener.listen(1)
         except OSError as e:
-            raise LauncherError(f"cannot listen on {path}: {e.strerror}") from e
+            if self.listener is not None:     # not left open for the GC to find
+                self.listener.close()
+            raise LauncherError(f"cannot listen on {path}: {e.strerror}") from None
 
     def serve_forever(self):
         while not self._stopping.is_set():

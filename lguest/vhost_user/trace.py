@@ -203,7 +203,7 @@ class DeviceRecorder:
             slot = self.trace.reserve()
             self.trace.local.events = kick["events"]
             try:
-                serve(queue_index)
+                return serve(queue_index)      # True: another round wanted (L:221)
             except Exception as e:
                 kick["events"].append({"e": "error", "error": describe_error(e)})
                 raise
@@ -225,6 +225,14 @@ class RecordingQueue:
 
     def __getattr__(self, name):
         return getattr(self._queue, name)
+
+    def __setattr__(self, name, value):
+        # Writes reach the queue too: give_back() steps last_avail_idx back, and on
+        # the wrapper alone that would lose the chain (recording changed behaviour).
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._queue, name, value)
 
     def _emit(self, event):
         self._recorder._emit(event, self._index)

@@ -235,6 +235,14 @@ class CheckingQueue:
     def __getattr__(self, name):
         return getattr(self._queue, name)
 
+    def __setattr__(self, name, value):
+        # Writes reach the queue too: give_back() steps last_avail_idx back, and on
+        # the wrapper alone that would lose the chain (recording changed behaviour).
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._queue, name, value)
+
     def _set_avail_idx(self, idx):
         self._queue.memory.write(self._queue.avail + 2, U16.pack(idx & 0xFFFF))
 
