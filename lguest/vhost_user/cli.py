@@ -27,7 +27,7 @@ import threading
 
 from ..errors import LguestError
 from . import devices
-from .server import VhostUserServer
+from .server import VhostUserServer, serve_isolated
 
 
 def parse_args(argv):
@@ -73,10 +73,13 @@ def serve(served, paths, stop, isolate=False):
         for item, path in zip(served, paths):
             server = VhostUserServer(item.backend(), path, isolate=isolate)
             servers.append(server)
-            # Logged before the server's thread starts, so never during its fork.
             logging.getLogger("lguest.vhost_user").info("serving %s on %s", item.device.name, path)
-            server.serve_in_thread()
-        stop.wait()
+            if not isolate:
+                server.serve_in_thread()
+        if isolate:
+            serve_isolated(servers, stop)      # on this thread alone: no fork among threads
+        else:
+            stop.wait()
     finally:
         for server in servers:
             server.close()

@@ -17,6 +17,7 @@
 import array
 import logging
 import os
+import select
 import socket
 import stat
 import threading
@@ -145,17 +146,26 @@ class VhostUserServer:
 
     def _serve_in_child(self, conn):
         """Fork (on this, the accepting thread), wait for the session to end, reap it."""
+        session = self._start_session(conn)
+        if session is not None:
+            session.wait_exit()
+            self._end_session(session, conn)
+
+    def _start_session(self, conn):
+        """Fork the session's process; None if refused (stopping, or fork failed)."""
         with self._lock:
             if self._stopping.is_set():
                 conn.close()
-                return
+                return None
             try:
-                self._session = session = Session(conn, lambda: serve_connection(self.backend, conn))
+                self._session = Session(conn, lambda: serve_connection(self.backend, conn))
             except OSError as e:          # EAGAIN, ENOMEM: refuse this one, keep serving
                 log.error("vhost-user %s: cannot fork a session: %s", self.backend.device.name, e)
                 conn.close()
-                return
-        session.wait_exit()
+                return None
+            return self._session
+
+    def _end_session(self, session, conn):
         with self._lock:
             status = session.reap()
             self._session = None
@@ -200,3 +210,52 @@ class VhostUserServer:
 
     def __exit__(self, *exc):
         self.close()
+
+
+#L:744 `lguest vhost-user` with isolation serves all its sockets (two for --net=pair)
+# from the one thread that calls this -- the main thread -- so that no fork() ever
+# happens while another thread of ours runs: a thread holding a lock (logging's, a
+# buffered stream's) at the moment of a fork leaves that lock held for ever in the
+# child. One poll() watches every idle listener and, through a pidfd, every live
+# session; a server whose session is live does not accept, as in serve_forever().
+def serve_isolated(servers, stop, interval=0.2):
+    """Serve `servers` (isolate=True) on this thread until `stop` is set."""
+    poller = select.poll()
+    listening = {s.listener.fileno(): s for s in servers}
+    live = {}                              # pidfd -> (server, session, conn)
+    for fd in listening:
+        poller.register(fd, select.POLLIN)
+    try:
+        while not stop.is_set():
+            for fd, _ in poller.poll(interval * 1000):
+                if fd in live:
+                    server, session, conn = live.pop(fd)
+                    poller.unregister(fd)
+                    os.close(fd)
+                    server._conn = None
+                    server._end_session(session, conn)
+                    poller.register(server.listener.fileno(), select.POLLIN)
+                    continue
+                server = listening[fd]
+                conn, _ = server.listener.accept()
+                server.connections += 1
+                log.info("vhost-user %s: front-end connected on %s", server.backend.device.name, server.path)
+                session = server._start_session(conn)
+                if session is None:
+                    continue
+                server._conn = conn
+                pidfd = os.pidfd_open(session.pid)
+                live[pidfd] = (server, session, conn)
+                poller.unregister(fd)
+                poller.register(pidfd, select.POLLIN)
+    finally:
+        for pidfd, (server, session, conn) in live.items():
+            try:
+                conn.shutdown(socket.SHUT_RDWR)     # the session ends its rings in order
+            except OSError:
+                pass
+            if not select.select([pidfd], [], [], 10)[0]:
+                session.kill()
+            os.close(pidfd)
+            server._conn = None
+            server._end_session(session, conn)

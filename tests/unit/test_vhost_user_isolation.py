@@ -236,3 +236,35 @@ def test_seals_leave_files_that_cannot_be_sealed_alone(tmp_path):
             os.ftruncate(plain, 0)               # still shrinkable: nothing was added
         finally:
             os.close(plain)
+
+
+def test_net_pair_forks_its_sessions_from_a_single_threaded_server(tmp_path):
+    """Issue 15: with two sockets the server had a thread per socket, so each fork()
+    happened while the other thread ran (and could hold a lock the child inherits
+    held). Now one thread serves both: at every fork the server is single-threaded,
+    and both sessions are live at once."""
+    socks = [str(tmp_path / "a.sock"), str(tmp_path / "b.sock")]
+    log = open(tmp_path / "backend.log", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "lguest", "vhost-user", "--net=pair", "-v",
+                             *(f"--socket={s}" for s in socks)], cwd=ROOT,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        for s in socks:
+            wait_for_socket(s, proc, what="lguest vhost-user")
+        threads = lambda: len(os.listdir(f"/proc/{proc.pid}/task"))   # noqa: E731
+        assert settled(threads, 1) == 1
+        a = connect(socks[0])
+        b = connect(socks[1])
+        try:
+            for fe in (a, b):
+                assert fe.negotiate() & (1 << 32)          # VERSION_1: each session answers
+            assert len(settled(lambda: children_of(proc.pid), [0, 0])) == 2
+            assert threads() == 1
+        finally:
+            a.close()
+            b.close()
+        assert settled(lambda: children_of(proc.pid), []) == []
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
