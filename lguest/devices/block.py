@@ -76,6 +76,11 @@ class BlockDevice(VirtioDevice):
         struct.pack_into("<I", self.config, CONFIG_SEG_MAX, QUEUE_SIZE - 2)
         self.stats = {"read": 0, "write": 0, "flush": 0, "ioerr": 0}
 
+    def set_seg_max(self, seg_max):
+        """The most data buffers per request the driver may use (L:341): a transport
+        that cannot know the ring's size yet says it (vhost-user, L:727)."""
+        struct.pack_into("<I", self.config, CONFIG_SEG_MAX, seg_max)
+
     def process(self, queue_index):
         queue = self.queues[queue_index]
         used = False

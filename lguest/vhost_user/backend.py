@@ -33,6 +33,19 @@ ANSWERED = {P.GET_FEATURES, P.GET_PROTOCOL_FEATURES, P.GET_VRING_BASE, P.GET_QUE
 
 MAX_QUEUE_SIZE = 32768       # virtio 2.7: "Queue Size ... The maximum Queue Size value is 32768"
 
+#L:726 The ring features every device gets here: the split ring (L:200) implements
+# both for any device, and QEMU's front-ends use them whenever they are offered (its
+# vhost-user-rng even sends them when they are not). EVENT_IDX turns kicks and
+# interrupts into "tell me when you pass index N" both ways (L:265, L:270).
+RING_FEATURES = virtio.bit(virtio.F_RING_EVENT_IDX) | virtio.bit(virtio.F_RING_INDIRECT_DESC)
+
+#L:727 A block device's seg_max. The front-end reads the config (GET_CONFIG) before
+# it says how big its rings are, and Linux then builds requests of up to seg_max + 2
+# descriptors, indirect or not. qemu-storage-daemon answers 128 - 2 whatever the
+# ring, for QEMU's default 128-entry ring; so do we. (Over PCI we know the ring:
+# block.py keeps queue size - 2 there.)
+VHOST_USER_SEG_MAX = 128 - 2
+
 
 class VhostUserBackend:
     """Serves one device to one front-end at a time; disconnect() readies it for the next."""
@@ -42,6 +55,10 @@ class VhostUserBackend:
 
     def __init__(self, device, *, runner_factory=DirectRunner):
         self.device = device
+        # A replay of a trace recorded before issue 15 sets 0 and the old seg_max.
+        self.ring_features = RING_FEATURES
+        if hasattr(device, "set_seg_max"):
+            device.set_seg_max(VHOST_USER_SEG_MAX)
         # An optional device-level trace hook (L:785). Off (None), it costs one check
         # per message, per ring start and per interrupt; the rings are not wrapped.
         self.recorder = None
@@ -54,6 +71,7 @@ class VhostUserBackend:
         self.features = 0
         self.protocol_features = 0
         self.owned = False
+        self._warned_features = 0    # extra feature bits already logged (once each)
         self.errors = []          # (vring index, error) for rings stopped by an error
         # The socket thread and whoever shuts us down may both reach for the rings.
         self._lock = threading.RLock()
@@ -74,7 +92,7 @@ class VhostUserBackend:
 
     # -- what we offer -------------------------------------------------------------
     def offered_features(self):
-        return (self.device.features | virtio.bit(virtio.F_VERSION_1)
+        return (self.device.features | self.ring_features | virtio.bit(virtio.F_VERSION_1)
                 | virtio.bit(P.F_PROTOCOL_FEATURES))
 
     def offered_protocol_features(self):
@@ -128,11 +146,20 @@ class VhostUserBackend:
         return P.pack_u64(self.offered_features())
 
     def _set_features(self, msg):
+        #L:725 Bits we never offered. Over PCI the seed refuses them; here refusing
+        # is worse than useless: QEMU sends SET_FEATURES without asking for a reply,
+        # so it never hears of it, and the guest goes on using what it accepted while
+        # we run without it -- a hang with no error. libvhost-user takes the value as
+        # it comes; so do we, saying once per bit what the front-end added. The
+        # devices act only on bits they know, and the ring honours EVENT_IDX and
+        # INDIRECT_DESC whoever offered them.
         value = P.decode_u64(msg)
-        if value & ~self.offered_features():
-            # The seed's check when the driver writes guest_feature (PCI).
-            raise P.RequestError("over-accepted features",
-                                 detail=f"{value:#x} of {self.offered_features():#x}")
+        extra = value & ~self.offered_features() & ~self._warned_features
+        if extra:
+            self._warned_features |= extra
+            log.warning("vhost-user %s: front-end set features %#x beyond our offer %#x; "
+                        "taking them as libvhost-user does", self.device.name, extra,
+                        self.offered_features())
         self.features = value
         if any(v.serving for v in self.vrings):
             self._restart_serving()

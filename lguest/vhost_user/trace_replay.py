@@ -8,6 +8,7 @@ import socket
 import tempfile
 
 from ..backends.tracefile import TraceDivergence, TraceError, read_trace
+from ..devices.block import CONFIG_SEG_MAX
 from ..devices.inmemory import BufferSink, MemoryStore
 from . import protocol as P
 from .trace import (DEVICE_FEATURE_NAMES, FEATURE_NAMES, KIND, U16, describe_error,
@@ -321,6 +322,7 @@ def replay(path, *, device_hook=None):
                     starts.setdefault(r["vq"], []).append(r)
             checker = checkers[name] = DeviceChecker(name, starts)
             backend = backends[name] = VhostUserBackend(device)
+            _offer_as_recorded(backend, [r for r in records if r["dev"] == name])
             backend.recorder = checker
             backend.watcher_factory = checker.watcher
         for record in records:
@@ -360,6 +362,32 @@ def replay(path, *, device_hook=None):
             backend.close()
         fds.close()
     return summary
+
+
+def _recorded_reply(records, request):
+    """The payload of the first reply to `request` in the stream, or None."""
+    for r in records:
+        if r["type"] == "message" and r["request"] == request and r.get("reply"):
+            return bytes.fromhex(r["reply"])[P.HEADER.size:]
+    return None
+
+
+def _offer_as_recorded(backend, records):
+    """Offer what the recording back-end offered (issue 15 added ring features and a
+    vhost-user seg_max): read from its first GET_FEATURES and GET_CONFIG replies, so
+    streams recorded before and after replay alike."""
+    from .backend import RING_FEATURES
+    device = backend.device
+    features = _recorded_reply(records, P.GET_FEATURES)
+    if features is not None:
+        backend.ring_features = P.U64.unpack(features)[0] & RING_FEATURES & ~device.features
+    config = _recorded_reply(records, P.GET_CONFIG)
+    if config is not None and hasattr(device, "set_seg_max"):
+        offset, size, _ = P.CONFIG_HEAD.unpack_from(config)
+        data = config[P.CONFIG_HEAD.size:]
+        if offset <= CONFIG_SEG_MAX and CONFIG_SEG_MAX + 4 <= offset + size:
+            at = CONFIG_SEG_MAX - offset
+            device.set_seg_max(int.from_bytes(data[at:at + 4], "little"))
 
 
 def _replay_message(backend, record, fds, names):

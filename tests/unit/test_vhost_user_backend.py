@@ -235,7 +235,10 @@ def test_refused_requests_answer_failure_and_keep_the_connection(block_session, 
     fe.negotiate()
     expect_failure(fe, P.SET_VRING_NUM, P.pack_state(5, 8))           # no such ring
     expect_failure(fe, P.SET_VRING_NUM, P.pack_state(0, 6))           # not a power of 2
-    expect_failure(fe, P.SET_FEATURES, P.pack_u64(1 << 60))           # not offered
+    # Not offered: taken as libvhost-user does, and said once (issue 15: refusing
+    # it, unheard by a front-end that asked for no reply, hung the guest).
+    fe.request(P.SET_FEATURES, P.pack_u64(fe.features | 1 << 60))
+    fe.request(P.SET_FEATURES, P.pack_u64(fe.features | 1 << 60))
     expect_failure(fe, 99)                                            # unknown request
     # A region past the end of its file, and overlapping regions.
     expect_failure(fe, P.SET_MEM_TABLE, P.pack_mem_table([P.MemRegion(0, 64 << 20, 0, 0)]), [fe.memfd])
@@ -247,7 +250,7 @@ def test_refused_requests_answer_failure_and_keep_the_connection(block_session, 
     expect_failure(fe, P.SET_VRING_ADDR, P.pack_vring_addr(0, 1 << 40, 1 << 40, 1 << 40))
     user = fe.user_address(0x1000)
     expect_failure(fe, P.SET_VRING_ADDR, P.pack_vring_addr(0, user + 8, user + 0x800, user + 0x400))
-    assert "over-accepted features" in caplog.text
+    assert caplog.text.count("beyond our offer") == 1
     # Still talking, and still able to do real work.
     q = fe.setup_queue(0, 8)
     assert blk_request(q, 0, 0, read_len=SECTOR)[-1:] == b"\0"

@@ -279,9 +279,23 @@ def test_rule_indirect_size(mem, length):
 
 def test_rule_indirect_too_many(mem):
     ring = RawRing(mem, size=4, features=INDIRECT_F)
-    ring.desc(0, DATA, 16 * 5, INDIRECT)
+    ring.desc(0, DATA, 16 * (vqmod.INDIRECT_MAX + 1), INDIRECT)
     ring.offer(0)
     assert pop_error(ring) == vqmod.RULE_INDIRECT_TOO_MANY == "indirect has too many entries"
+
+
+def test_an_indirect_table_longer_than_a_small_ring_is_taken(mem):
+    """Issue 15: QEMU's 128-entry ring, Linux's tables of seg_max + 2 = 256 entries
+    ("indirect has too many entries (249 entries, queue size 128)" hung the guest)."""
+    ring = RawRing(mem, size=128, features=INDIRECT_F)
+    table = DATA
+    for i in range(249):
+        last = i == 248
+        ring.desc(i, 0x100, 8, (WRITE if last else 0) | (0 if last else NEXT), i + 1, table=table)
+    ring.desc(0, table, 16 * 249, INDIRECT)
+    ring.offer(0)
+    chain = ring.vq.pop()
+    assert len(chain.readable) == 248 and len(chain.writable) == 1
 
 
 def test_rule_indirect_loop_is_bounded_by_its_table(mem):
