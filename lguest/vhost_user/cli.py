@@ -2,7 +2,7 @@
 
 #L:770 The command line of the back-end on its own, for any vhost-user front-end:
 #
-#   lguest vhost-user --socket=/tmp/blk.sock --block=disk.img[,ro]
+#   lguest vhost-user --socket=/tmp/blk.sock --block=disk.img[,ro] [--queues=N]
 #   lguest vhost-user --socket=/tmp/net.sock --net=tap:NAME[:IPADDR]
 #   lguest vhost-user --socket=/tmp/a.sock --socket=/tmp/b.sock --net=pair
 #   lguest vhost-user --socket=/tmp/con.sock --console
@@ -25,9 +25,13 @@ import signal
 import sys
 import threading
 
+from ..devices.block import MAX_QUEUES
 from ..errors import LguestError
 from . import devices
 from .server import VhostUserServer, serve_isolated
+
+
+DEFAULT_BLOCK_QUEUES = 8
 
 
 def parse_args(argv):
@@ -41,12 +45,19 @@ def parse_args(argv):
     kind.add_argument("--console", action="store_true", help="a console on our stdin/stdout")
     kind.add_argument("--rng", action="store_true", help="an entropy source (/dev/urandom)")
     p.add_argument("--mac", help="the net device's MAC address")
+    # QEMU's vhost-user-blk asks for as many queues as the guest has vCPUs and refuses
+    # to start if GET_QUEUE_NUM says fewer; a guest uses min(queues, its CPUs).
+    p.add_argument("--queues", type=int, default=DEFAULT_BLOCK_QUEUES, metavar="N",
+                   help=f"block request queues offered (default {DEFAULT_BLOCK_QUEUES}, "
+                        f"at most {MAX_QUEUES})")
     p.add_argument("--no-isolate", dest="isolate", action="store_false",
                    help="serve each front-end in this process instead of a forked child "
                         "(by default a front-end that crashes its session, e.g. by shrinking "
                         "its memory file: SIGBUS, ends only that session, logged in one line)")
     p.add_argument("--verbose", "-v", action="store_true", help="log each connection and error")
     args = p.parse_args(argv)
+    if not 1 <= args.queues <= MAX_QUEUES:
+        p.error(f"--queues must be 1..{MAX_QUEUES}")
     wanted = 2 if args.net == "pair" else 1
     if len(args.socket) != wanted:
         p.error(f"this device needs {wanted} --socket path(s), not {len(args.socket)}")
@@ -55,7 +66,7 @@ def parse_args(argv):
 
 def build(args):
     if args.block:
-        return [devices.block(args.block)]
+        return [devices.block(args.block, num_queues=args.queues)]
     if args.net == "pair":
         return devices.net_pair()
     if args.net:

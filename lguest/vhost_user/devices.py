@@ -45,13 +45,14 @@ def _woken_by(queue_index, fd):
     return lambda: ThreadedRunner(wake_fds={queue_index: fd})
 
 
-def block(spec, name="vda"):
-    """'disk.img' or 'disk.img,ro'."""
+def block(spec, name="vda", num_queues=1):
+    """'disk.img' or 'disk.img,ro'; num_queues request queues (issue 15: multiqueue)."""
     path, _, option = spec.partition(",")
     if option not in ("", "ro", "rw"):
         raise LauncherError(f"--block={spec}: the only options are ro and rw")
     store = FileStore(path, read_only=option == "ro")
-    return Served(BlockDevice(store, read_only=option == "ro", name=name), resources=[store])
+    device = BlockDevice(store, read_only=option == "ro", name=name, num_queues=num_queues)
+    return Served(device, resources=[store])
 
 
 def console(in_fd=0, out_fd=1):

@@ -147,3 +147,81 @@ def test_block_requests_in_indirect_tables_longer_than_the_ring(disk):
         assert mem.read(status, 1) == b"\0" and not s.backend.errors
     finally:
         s.close()
+
+
+class GatedStore:
+    """A store whose reads of sector 0 wait for a gate: one queue held up."""
+
+    def __init__(self, inner):
+        import threading
+        self.inner, self.size = inner, inner.size
+        self.gate = threading.Event()
+
+    def readv_at(self, offset, views):
+        if offset == 0:
+            assert self.gate.wait(5)
+        return self.inner.readv_at(offset, views)
+
+    def writev_at(self, offset, views):
+        return self.inner.writev_at(offset, views)
+
+    def flush(self):
+        self.inner.flush()
+
+
+def test_block_multiqueue_serves_each_queue_on_its_own_thread(disk):
+    """QEMU -smp 2 (num-queues 2): "The maximum number of queues supported by the
+    backend is 1" before. Now GET_QUEUE_NUM says 2, and a request held up on one
+    queue does not hold up the other."""
+    _, store, pattern = disk
+    gated = GatedStore(store)
+    s = Session(VhostUserBackend(BlockDevice(gated, num_queues=2)))
+    try:
+        fe = s.fe
+        fe.negotiate()
+        assert fe.protocol_features & (1 << P.PROTOCOL_F_MQ)
+        assert fe.ask_u64(P.GET_QUEUE_NUM) == 2
+        assert fe.features & (1 << 12)                                    # VIRTIO_BLK_F_MQ
+        assert struct.unpack("<H", fe.get_config(34, 2))[0] == 2          # num_queues
+        fe.set_mem_table()
+        q0, q1 = fe.setup_queue(0, 8), fe.setup_queue(1, 8)
+        q0.ring.add_buffer([struct.pack("<IIQ", 0, 0, 0)], [SECTOR, 1])  # waits at the gate
+        q0.kick()
+        q1.ring.add_buffer([struct.pack("<IIQ", 0, 0, 1)], [SECTOR, 1])
+        q1.kick()
+        (used,) = q1.wait_used(timeout=3)
+        assert used.data[:SECTOR] == pattern[SECTOR:2 * SECTOR]
+        assert q0.ring.collect() == []                                    # still held
+        gated.gate.set()
+        (used,) = q0.wait_used(timeout=3)
+        assert used.data[:SECTOR] == pattern[:SECTOR]
+    finally:
+        gated.gate.set()
+        s.close()
+
+
+def test_one_queue_block_keeps_the_seeds_layout(disk):
+    _, store, _ = disk
+    device = BlockDevice(store)
+    assert device.queue_names == ("request",) and not device.features & (1 << 12)
+    assert bytes(device.config[34:36]) == b"\0\0"
+    with pytest.raises(ValueError):
+        BlockDevice(store, num_queues=0)
+
+
+def test_the_cli_offers_several_block_queues_by_default(tmp_path):
+    from lguest.vhost_user import cli
+    image = tmp_path / "disk.img"
+    image.write_bytes(bytes(4096))
+    args = cli.parse_args(["--socket", "/s", f"--block={image}"])
+    (served,) = cli.build(args)
+    try:
+        assert len(served.device.queue_names) == cli.DEFAULT_BLOCK_QUEUES > 1
+        assert VhostUserBackend(served.device).offered_protocol_features() & (1 << P.PROTOCOL_F_MQ)
+    finally:
+        served.close()
+    (served,) = cli.build(cli.parse_args(["--socket", "/s", f"--block={image}", "--queues=1"]))
+    assert served.device.queue_names == ("request",)
+    served.close()
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--socket", "/s", f"--block={image}", "--queues=0"])
