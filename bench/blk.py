@@ -19,6 +19,7 @@ import time
 
 from common import bench_kit, compile_c, ensure_command, fmt, median, rss_kib, say, Row, ROOT
 
+from lguest import virtio
 from lguest.uml import process, servers
 
 PHASES = ("seqread", "randread", "seqwrite", "writesync", "flush")
@@ -105,7 +106,7 @@ def one_run(kit, image, which, sizes, timeout):
             command = ("echo wc $(cat /sys/block/vda/queue/write_cache); "
                        "/bin/blkbench /dev/vda {read_mb} {write_mb} {rand_s} {flush_s}").format(**sizes)
             outcome = process.boot(kit, command, workdir, timeout=timeout, on_stdout=stamp,
-                                   devices=[(sock, servers.VIRTIO_ID_BLOCK)], wait=["vda"])
+                                   devices=[(sock, virtio.ID_BLOCK)], wait=["vda"])
         finally:
             peak = sampler.stop()
             err = stop_backend(proc)

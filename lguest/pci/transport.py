@@ -15,13 +15,14 @@ import logging
 
 from ..devices.base import InlineRunner, VirtioDevice
 from ..errors import GuestError
-from ..virtio import (F_VERSION_1, ISR_CONFIG, ISR_QUEUE, STATUS_ACKNOWLEDGE,
+from ..virtio import (ISR_CONFIG, ISR_QUEUE, STATUS_ACKNOWLEDGE,
                       STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER, STATUS_DRIVER_OK,
-                      STATUS_FEATURES_OK, bit)
+                      EMERG_WR_OFFSET, STATUS_FEATURES_OK)
+from ..transport_rules import offered_features, over_accepted, queue_size_problem
 from ..virtqueue import Virtqueue
 
 from .registers import (ADDRESS_REGS, BAR0_LAYOUT, COMMON_CFG, COMMON_CFG_SIZE,  # noqa: F401
-                        DEVICE_CFG_OFFSET, EMERG_WR_OFFSET, ISR_OFFSET, NOTIFY_OFFSET, OFFSET,
+                        DEVICE_CFG_OFFSET, ISR_OFFSET, NOTIFY_OFFSET, OFFSET,
                         PADDING_OFFSET, QUEUE_REGS_SIZE, QUEUE_REGS_START, REG, UNAVAILABLE,
                         VIRTIO_MSI_NO_VECTOR, MsixHook, QueueRegs, width_bits)
 
@@ -126,9 +127,8 @@ class VirtioPciTransport:
     # -- what the device offers -----------------------------------------------------
     @property
     def features(self):
-        """Everything offered: the device's bits and VERSION_1, which every modern
-        device offers (the seed's new_pci_device() starts with it)."""
-        return self.device.features | bit(F_VERSION_1)
+        """Everything offered: the device's bits and VERSION_1 (L:205)."""
+        return offered_features(self.device)
 
     @property
     def negotiated(self):
@@ -246,9 +246,9 @@ class VirtioPciTransport:
     def _write_driver_feature(self, off, size, value):
         shift = 32 * self.driver_feature_select
         accepted = (self.features_accepted & ~(0xFFFFFFFF << shift)) | (value << shift)
-        if accepted & ~self.features:
-            raise self._error("over-accepted features",
-                              f"{accepted:#x} of {self.features:#x}")
+        problem = over_accepted(accepted, self.features)
+        if problem:
+            raise self._error("over-accepted features", problem)
         self._feature_write_checks(off, size)
         self.features_accepted = accepted
 
@@ -295,11 +295,12 @@ class VirtioPciTransport:
         return regs
 
     # 4.1.4.3.2: "The driver MUST NOT write a value which is not a power of 2 to
-    # queue_size" (nor, beyond the seed, 0 or more than the device's maximum).
+    # queue_size" (nor, beyond the seed, 0 or more than the maximum it was shown, L:205).
     def _write_queue_size(self, off, size, value):
         regs = self._writable_queue()
-        if value & (value - 1) or not 0 < value <= self.device.queue_max_size:
-            raise self._error("invalid queue size", f"{value} (max {self.device.queue_max_size})")
+        problem = queue_size_problem(value, self.device.queue_max_size)
+        if problem:
+            raise self._error("invalid queue size", problem)
         if regs.get("queue_enable"):
             raise self._error("changing queue size on live device")
         self._need_width(size, 2, "write to", off)

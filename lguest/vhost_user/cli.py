@@ -26,7 +26,7 @@ import sys
 import threading
 
 from ..errors import LguestError
-from . import devices
+from . import served as devices
 from .server import VhostUserServer
 
 

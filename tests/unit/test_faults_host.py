@@ -24,7 +24,7 @@ from lguest.devices.block import BlockDevice
 from lguest.errors import LauncherError
 from lguest.host import build_device
 from lguest.host.tap import open_tap
-from lguest.vhost_user.backend import VhostUserBackend
+from lguest.vhost_user.backend import VhostUserTransport
 from lguest.vhost_user.frontend import Frontend
 from lguest.vhost_user.server import VhostUserServer
 from test_dev_transport import Guest
@@ -233,7 +233,7 @@ class SlowStore:
 def test_front_end_disconnecting_mid_request(tmp_path):
     store = SlowStore()
     path = f"/tmp/lguest-faults-{os.getpid()}.sock"
-    server = VhostUserServer(VhostUserBackend(BlockDevice(store)), path)
+    server = VhostUserServer(VhostUserTransport(BlockDevice(store)), path)
     server.serve_in_thread()
     threads_before = threading.active_count()
     try:

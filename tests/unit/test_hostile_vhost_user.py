@@ -23,7 +23,7 @@ from lguest.devices.block import BlockDevice
 from lguest.errors import GuestError
 from lguest.devices.inmemory import MemoryStore
 from lguest.vhost_user import protocol as P
-from lguest.vhost_user.backend import VhostUserBackend
+from lguest.vhost_user.backend import VhostUserTransport
 
 # CI: 150 per property; scripts/fuzz-campaign (HYPOTHESIS_PROFILE=long): 5,000.
 LONG = os.environ.get("HYPOTHESIS_PROFILE") == "long"
@@ -128,7 +128,7 @@ def test_hostile_message_streams_only_raise_guest_errors_and_close_every_fd(msgs
     threads = threading.active_count()
     fds_before = open_fds()
     store = MemoryStore(bytes(64 * 512))
-    backend = VhostUserBackend(BlockDevice(store))
+    backend = VhostUserTransport(BlockDevice(store))
     kicks = []
     memfd = None
     with Watchdog():
@@ -185,10 +185,10 @@ import os, socket, struct, sys, threading, time
 sys.path.insert(0, sys.argv[1])
 from lguest.devices.block import BlockDevice
 from lguest.devices.inmemory import MemoryStore
-from lguest.vhost_user.backend import VhostUserBackend
+from lguest.vhost_user.backend import VhostUserTransport
 from lguest.vhost_user.frontend import Frontend
 from lguest.vhost_user.server import serve_connection
-backend = VhostUserBackend(BlockDevice(MemoryStore(bytes(64 * 512))))
+backend = VhostUserTransport(BlockDevice(MemoryStore(bytes(64 * 512))))
 ours, theirs = socket.socketpair()
 threading.Thread(target=serve_connection, args=(backend, theirs), daemon=True).start()
 fe = Frontend(ours, regions=((0, 1 << 20),))

@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 
 from lguest.backends.kvm import boot, ioctls as K
 from lguest.backends.kvm.backend import guest_cpuid, warn_if_pvm
-from lguest.backends.kvm.devices import Cmos, LegacyPorts, Serial8250
+from lguest.backends.kvm.legacy_ports import Cmos, LegacyPorts, Serial8250
 from lguest.backends.kvm.msix import MsixTable
 from lguest.backends.kvm.vm import Sregs, default_routing, routing_msi
 from lguest.pci.registers import VIRTIO_MSI_NO_VECTOR

@@ -7,9 +7,9 @@ import threading
 import pytest
 
 from lguest.devices.console import ConsoleDevice
-from lguest.vhost_user import cli, devices
+from lguest.vhost_user import cli, served as devices
 from lguest.vhost_user import protocol as P
-from lguest.vhost_user.backend import VhostUserBackend
+from lguest.vhost_user.backend import VhostUserTransport
 from lguest.vhost_user.frontend import Frontend
 from lguest.vhost_user.server import VhostUserServer
 
@@ -71,7 +71,7 @@ class Sink:
 def test_console_output_reaches_the_sink(tmp_path):
     sink = Sink()
     sock = str(tmp_path / "con.sock")
-    with VhostUserServer(VhostUserBackend(ConsoleDevice(sink)), sock) as server:
+    with VhostUserServer(VhostUserTransport(ConsoleDevice(sink)), sock) as server:
         server.serve_in_thread()
         with Frontend.connect(sock) as fe:
             fe.negotiate()

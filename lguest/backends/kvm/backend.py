@@ -20,7 +20,7 @@ from ...pci.bus import UnclaimedAccess
 from ..base import MMIO, PIO, Backend, GuestDied, IoExit, RebootRequested
 from . import boot
 from . import ioctls as K
-from .devices import COM1_IRQ, Cmos, LegacyPorts, Serial8250
+from .legacy_ports import COM1_IRQ, Cmos, LegacyPorts, Serial8250
 from .kicks import IoeventfdRunner
 from .msix import MsixTable
 from .vm import KvmSystem
