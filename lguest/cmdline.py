@@ -53,7 +53,7 @@ class UsageError(LauncherError):
 
 
 def help_text():
-    from .cli import SUBCOMMANDS
+    from .subcommands import SUBCOMMANDS
     lines = [USAGE, "", "Boot a Linux guest in <mem-in-mb> megabytes of memory with virtio-PCI devices;",
              "the console (device 1) is always there, other devices follow in command-line order.",
              "", "Options:"]

@@ -119,7 +119,7 @@ def _drop_privileges(config):
 
 
 def _open_backend(config, out, records):
-    from .backends.base import open_backend
+    from .backends.choose import open_backend
     if config.backend == "fake":
         backend = open_backend("fake", log=lambda text: print(f"guest: {text}", file=out, flush=True))
     else:
