@@ -18,6 +18,7 @@ import time
 
 import pytest
 from hypothesis import given, settings, strategies as st
+from hypothesis_budget import examples
 
 from lguest.devices.block import BlockDevice
 from lguest.errors import GuestError
@@ -26,8 +27,7 @@ from lguest.vhost_user import protocol as P
 from lguest.vhost_user.backend import VhostUserTransport
 
 # CI: 150 per property; scripts/fuzz-campaign (HYPOTHESIS_PROFILE=long): 5,000.
-LONG = os.environ.get("HYPOTHESIS_PROFILE") == "long"
-EXAMPLES = 5000 if LONG else 150
+EXAMPLES = examples(150)          # the long profile's 5,000 in a campaign
 MEMFD_SIZES = (0, 4096, 64 << 10)
 KNOWN = [getattr(P, n) for n in dir(P) if n.isupper() and isinstance(getattr(P, n), int)
          and n in {"GET_FEATURES", "SET_FEATURES", "SET_OWNER", "RESET_OWNER", "SET_MEM_TABLE",
