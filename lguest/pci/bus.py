@@ -211,13 +211,23 @@ class PciBus:
     # at offset cap.offset at BAR selected by cap.bar and store the first cap.length
     # bytes in pci_cfg_data", and likewise for writes. The access width is cap.length,
     # *not* that of the port access. A bad window read is the driver's fault (the seed's
-    # "Invalid cfg_access"); a bad window write is refused like any other (L:403).
+    # "Invalid cfg_access"), and goes where every misuse of a device goes (L:425): strict,
+    # it ends us; --lenient, the device needs a reset and the read answers all ones. A bad
+    # window write is refused like any other (L:403).
     def _window_read(self, slot, config):
-        if not config.valid_bar_access():
-            raise GuestError("Invalid cfg_access to bar", device=config.name,
-                             detail=f"bar {config['cfg_access.bar']} offset "
-                                    f"{config['cfg_access.offset']} len {config['cfg_access.length']}")
         transport = self.slots[slot]
+        if not config.valid_bar_access():
+            error = GuestError("Invalid cfg_access to bar", device=config.name,
+                               detail=f"bar {config['cfg_access.bar']} offset "
+                                      f"{config['cfg_access.offset']} len {config['cfg_access.length']}")
+            if transport is not None:
+                transport.misused(error)        # raises unless lenient
+            elif not self.lenient:              # the host bridge: no device to reset
+                raise error
+            else:
+                log.error("%s (ignored: --lenient)", error)
+            config["cfg_access.pci_cfg_data"] = 0xFFFFFFFF
+            return
         config["cfg_access.pci_cfg_data"] = transport.emulate_mmio_read(
             config["cfg_access.offset"], config["cfg_access.length"])
         log.debug("Window read %#x from bar 0, offset %u len %u", config["cfg_access.pci_cfg_data"],
@@ -234,6 +244,11 @@ class PciBus:
         self.slots[slot].emulate_mmio_write(config["cfg_access.offset"], length,
                                             data & SIZE_MASKS[length])
         return True
+
+    @property
+    def lenient(self):
+        """Lenient when its devices are (the launcher sets them all alike, L:425)."""
+        return bool(self.devices) and all(t.lenient for t in self.devices)
 
     def describe(self):
         """One line per device, for the launcher's --verbose."""
