@@ -66,6 +66,9 @@ class PciBus:
         self.devices = []                           # transports in the order added
         self.config_address = 0                     # the 0xCF8 latch
         self.irq_sink = lambda irq_line: None       # the backend sets this
+        # A backend whose interrupt lines are levels (KVM's irqchip) sets this too: the
+        # line is held from irq_sink until the driver reads the device's ISR (L:406).
+        self.irq_lower_sink = None
         self._next_irq = 1
         self._window_starts = []                    # sorted BAR0 addresses
         self._window_owners = []
@@ -86,7 +89,8 @@ class PciBus:
         irq_line = self._next_irq
         self._next_irq += 1
         transport = VirtioPciTransport(device, self.memory, runner=runner, irq_line=irq_line,
-                                       raise_irq=lambda: self.irq_sink(irq_line))
+                                       raise_irq=lambda: self.irq_sink(irq_line),
+                                       lower_irq=lambda: self._lower_irq(irq_line))
         transport.mmio_addr = self._allocator.allocate(transport.mmio_size)
         transport.slot = slot
         transport.pci_config = virtio_pci_config(device.device_id, irq_line, BAR0_LAYOUT,
@@ -243,6 +247,12 @@ class PciBus:
                   config["cfg_access.offset"], length)
         self.slots[slot].emulate_mmio_write(config["cfg_access.offset"], length,
                                             data & SIZE_MASKS[length])
+        return True
+
+    def _lower_irq(self, irq_line):
+        if self.irq_lower_sink is None:
+            return False
+        self.irq_lower_sink(irq_line)
         return True
 
     @property

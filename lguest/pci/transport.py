@@ -33,7 +33,7 @@ class VirtioPciTransport:
     """BAR0 of one virtio device, and the life cycle it drives."""
 
     def __init__(self, device, memory, *, runner=None, irq_line=0, mmio_addr=0, raise_irq=None,
-                 lenient=False):
+                 lower_irq=None, lenient=False):
         if not isinstance(device, VirtioDevice):
             raise TypeError(f"{device!r} is not a VirtioDevice")
         self.device = device
@@ -44,6 +44,9 @@ class VirtioPciTransport:
         self.mmio_addr = mmio_addr
         self.mmio_size = DEVICE_CFG_OFFSET + len(device.config)
         self.raise_irq = raise_irq or (lambda: None)
+        # lower_irq() -> True where the line is level-triggered (KVM), so it stays up
+        # until the driver reads ISR (L:406); False where raising is an event (lguest, fake).
+        self.lower_irq = lower_irq or (lambda: False)
         self.msix = None
         self.msix_config_vector = VIRTIO_MSI_NO_VECTOR
         self.broken = None          # lenient mode: the GuestError that broke the device (L:425)
@@ -76,6 +79,7 @@ class VirtioPciTransport:
         self.virtqueues = [None] * len(self._queues)
         self.msix_config_vector = VIRTIO_MSI_NO_VECTOR
         self._isr.clear()
+        self.lower_irq()
 
     #L:425 Lenient mode (--lenient; the default for vhost-user). Strict, as the seed,
     # a guest error ends the launcher. Lenient, a device the guest misuses does what
@@ -194,12 +198,22 @@ class VirtioPciTransport:
         if self.status & STATUS_DRIVER_OK:
             self.raise_irq()
 
+    #L:406 The line is level-triggered, as PCI INTx is (4.1.4.5: reading ISR "has the
+    # side effect of resetting it to zero and causes the device to de-assert the
+    # interrupt"): it stays up until the driver reads ISR, so an interrupt controller
+    # that samples the level (an IOAPIC pin) cannot miss it the way it can miss a
+    # pulse. Reading clears ISR, then lowers the line; a queue thread that set a bit in
+    # between raised the line before our lowering or raises it after, so if ISR is not
+    # empty once the line is down, we raise it again. No lock is needed.
     def read_isr(self):
         """4.1.4.5.1: "The device MUST reset ISR status to 0 on driver read"."""
         value = 0
         for flag in (ISR_QUEUE, ISR_CONFIG):
             if self._isr.pop(flag, False):
                 value |= flag
+        if self.lower_irq() and (ISR_QUEUE in self._isr
+                                 or ISR_CONFIG in self._isr and self.status & STATUS_DRIVER_OK):
+            self.raise_irq()
         return value
 
     # -- writes ---------------------------------------------------------------------
