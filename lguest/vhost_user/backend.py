@@ -25,7 +25,8 @@ from ..transport_rules import (offered_features, over_accepted, queue_size_probl
 from ..virtqueue import Virtqueue
 from . import protocol as P
 from .memory import RegionMemory
-from .rings import DirectRunner, KickWatcher, Vring, set_nonblocking, signal_fd
+from .rings import (DirectRunner, KickWatcher, Vring, require_x86_host, set_nonblocking,
+                    signal_fd)
 
 log = logging.getLogger("lguest.vhost_user")
 
@@ -44,6 +45,7 @@ class VhostUserTransport:
     watcher_factory = KickWatcher
 
     def __init__(self, device, *, runner_factory=DirectRunner):
+        require_x86_host()             # the rings' ordering holds on x86 only (L:733)
         self.device = device
         # An optional device-level trace hook (L:785). Off (None), it costs one check
         # per message, per ring start and per interrupt; the rings are not wrapped.

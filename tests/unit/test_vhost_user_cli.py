@@ -124,3 +124,21 @@ def test_bench_completes_requests_both_ways(tmp_path):
     for write in (False, True):
         iops, mbs = bench.run(str(image), 4096, 0.1, 4, write)
         assert iops > 100 and abs(mbs - iops * 4096 / 1e6) < 1e-6 * mbs + 1e-9
+
+
+def test_other_host_architectures_are_refused_with_one_line(monkeypatch, capsys, tmp_path):
+    import platform
+    from lguest.errors import LauncherError
+    from lguest.vhost_user.backend import VhostUserTransport
+    from lguest.vhost_user.rings import require_x86_host
+    require_x86_host("x86_64")
+    require_x86_host("i686")
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    with pytest.raises(LauncherError, match="aarch64.*x86 hosts only"):
+        VhostUserTransport(ConsoleDevice(None))
+    image = tmp_path / "d.img"
+    image.write_bytes(bytes(512))
+    assert cli.main(["--socket", str(tmp_path / "s"), "--block", str(image)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "aarch64" in err and "x86 hosts only" in err
+    assert not (tmp_path / "s").exists()
