@@ -18,7 +18,6 @@ import threading
 
 import pytest
 
-from lguest.errors import LauncherError
 from lguest.uml import kit, process
 from lguest.uml.servers import wait_for_socket
 from lguest.virtio import ID_BLOCK
@@ -114,14 +113,6 @@ def one_run(uml, workdir, rng, kill_within=(2.0, 5.0)):
     acked = max(acks, default=0)
     checked, losses = check_image(image, acked)
     return acked, checked, losses
-
-
-@pytest.fixture(scope="module")
-def uml():
-    try:
-        return kit.ensure_kit()
-    except LauncherError as e:
-        pytest.skip(f"no UML guest kit: {e}")
 
 
 def test_uml_acknowledged_syncs_survive_sigkill_of_the_backend(uml):
