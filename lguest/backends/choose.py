@@ -7,6 +7,23 @@ that implement it: each of them imports base, and this imports each of them.
 from ..errors import LauncherError
 
 
+def _open_lguest(**options):
+    from .lguest_dev import LguestBackend
+    return LguestBackend(**options)
+
+
+def _open_kvm(**options):
+    try:
+        from .kvm import KvmBackend   # lazy: the KVM backend is optional
+    except ImportError as e:
+        raise LauncherError(f"the KVM backend is not available: {e}") from e
+    return KvmBackend(**options)
+
+
+# In the order they are tried when no backend is named.
+CANDIDATES = {"lguest": _open_lguest, "kvm": _open_kvm}
+
+
 def open_backend(name=None, **options):
     """The best backend this host offers, or the one named.
 
@@ -16,30 +33,15 @@ def open_backend(name=None, **options):
     if name == "fake":
         from .fake import FakeBackend
         return FakeBackend(**options)
+    if name is not None:
+        if name not in CANDIDATES:
+            raise LauncherError(f"unknown backend {name!r}: choose lguest, kvm or fake")
+        return CANDIDATES[name](**options)
     tried = []
-    if name in (None, "lguest"):
-        from .lguest_dev import LguestBackend
+    for opener in CANDIDATES.values():
         try:
-            return LguestBackend(**options)
+            return opener(**options)
         except LauncherError as e:
-            if name == "lguest":
-                raise
             tried.append(str(e))
-    if name in (None, "kvm"):
-        try:
-            from .kvm import KvmBackend   # lazy: the KVM backend is optional
-        except ImportError as e:
-            if name == "kvm":
-                raise LauncherError(f"the KVM backend is not available: {e}") from e
-            tried.append(f"KVM backend not available ({e})")
-        else:
-            try:
-                return KvmBackend(**options)
-            except LauncherError as e:
-                if name == "kvm":
-                    raise
-                tried.append(str(e))
-    if name not in (None, "lguest", "kvm"):
-        raise LauncherError(f"unknown backend {name!r}: choose lguest, kvm or fake")
     raise LauncherError("no way to run a guest here: " + "; ".join(tried)
                         + " (try --backend=fake for a simulated guest)")

@@ -8,31 +8,26 @@
 """
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from .factory import HostResources, make_device
+from .factory import BuiltDevice, HostResources, make_device
 from .runner import ThreadedRunner
 
 log = logging.getLogger("lguest.host")
 
 
 @dataclass
-class HostDevice:
-    device: object
-    runner: object
-    resources: list = field(default_factory=list)   # each has close()
-    description: str = ""
+class HostDevice(BuiltDevice):
+    """A BuiltDevice with the runner that serves it; closing stops the runner first."""
+    runner: object = None
 
     @classmethod
     def from_built(cls, built, runner):
-        return cls(built.device, runner, built.resources, built.description)
+        return cls(built.device, built.resources, built.wake_fds, built.description, runner)
 
     def close(self):
         self.runner.stop()
-        self.device.close()
-        for resource in reversed(self.resources):
-            resource.close()
-        self.resources = []
+        super().close()
 
 
 def build_device(spec, *, stdin=0, stdout=1, on_error=None, raw_terminal=True):

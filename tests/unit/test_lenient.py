@@ -24,6 +24,7 @@ from lguest.pci.bus import PciBus
 from lguest.pci.transport import OFFSET, ISR_OFFSET, PADDING_OFFSET
 from lguest.virtio import (ISR_CONFIG, STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER_OK,
                            VRING_DESC_F_NEXT)
+from test_pci_config import cfg_read, window
 
 MEM = 8 << 20
 
@@ -220,17 +221,9 @@ def test_launcher_strict_without_the_flag(monkeypatch):
 
 
 # -- the PCI_CFG window (L:434) is a way to misuse a device like any other ----------------
-def _window(bus, slot, bar, offset, length):
-    from test_pci_config import cfg_write
-    cfg_write(bus, slot, 136, 1, bar)
-    cfg_write(bus, slot, 140, 4, offset)
-    cfg_write(bus, slot, 144, 4, length)
-
-
 def test_lenient_bad_window_read_needs_a_reset_and_does_not_end_us(machine):
-    from test_pci_config import cfg_read
     first, second = machine.transports
-    _window(machine.bus, first.slot, 1, 0, 4)            # BAR 1: we have only BAR 0
+    window(machine.bus, first.slot, 1, 0, 4)            # BAR 1: we have only BAR 0
     assert cfg_read(machine.bus, first.slot, 148, 4) == 0xFFFFFFFF
     assert first.broken.rule == "Invalid cfg_access to bar"
     assert first.status & STATUS_DEVICE_NEEDS_RESET
@@ -238,10 +231,9 @@ def test_lenient_bad_window_read_needs_a_reset_and_does_not_end_us(machine):
 
 
 def test_strict_bad_window_read_still_raises():
-    from test_pci_config import cfg_read
     m = Machine(lenient=False)
     try:
-        _window(m.bus, 1, 1, 0, 4)
+        window(m.bus, 1, 1, 0, 4)
         with pytest.raises(GuestError) as e:
             cfg_read(m.bus, 1, 148, 4)
         assert e.value.rule == "Invalid cfg_access to bar"
@@ -250,7 +242,6 @@ def test_strict_bad_window_read_still_raises():
 
 
 def test_lenient_bad_window_read_on_the_host_bridge_reads_all_ones(machine):
-    from test_pci_config import cfg_read
-    _window(machine.bus, 0, 0, 0, 4)
+    window(machine.bus, 0, 0, 0, 4)
     assert cfg_read(machine.bus, 0, 148, 4) == 0xFFFFFFFF
     assert all(t.broken is None for t in machine.transports)
