@@ -226,6 +226,14 @@ class VhostUserTransport:
         vring.broken = False
         return vring.serving
 
+    def _set_up(self, vring, **fields):
+        """Change a ring's set-up; a ring being served is served again with it."""
+        live = self._changing(vring)
+        for name, value in fields.items():
+            setattr(vring, name, value)
+        if live:
+            self._restart_serving()
+
     def _set_vring_num(self, msg):
         index, num = P.decode_state(msg)
         vring = self._vring(index)
@@ -233,30 +241,21 @@ class VhostUserTransport:
         problem = queue_size_problem(num)
         if problem:
             raise P.RequestError("invalid queue size", queue=index, detail=problem)
-        live = self._changing(vring)
-        vring.num = num
-        if live:
-            self._restart_serving()
+        self._set_up(vring, num=num)
 
     def _set_vring_addr(self, msg):
         addr = P.decode_vring_addr(msg)
         vring = self._vring(addr.index)
         if self.memory is not None:
             self._ring_parts(addr, vring.num)      # refuse a ring we could never reach
-        live = self._changing(vring)
-        vring.addr = addr
-        if live:
-            self._restart_serving()
+        self._set_up(vring, addr=addr)
 
     def _set_vring_base(self, msg):
         index, base = P.decode_state(msg)
         vring = self._vring(index)
         if base > 0xFFFF:
             raise P.RequestError("invalid vring base", queue=index, detail=str(base))
-        live = self._changing(vring)
-        vring.base = base
-        if live:
-            self._restart_serving()
+        self._set_up(vring, base=base)
 
     def _get_vring_base(self, msg):
         #L:724 GET_VRING_BASE is the front-end's "stop": "the back-end must stop the ring

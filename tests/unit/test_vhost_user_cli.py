@@ -12,6 +12,7 @@ from lguest.vhost_user import protocol as P
 from lguest.vhost_user.backend import VhostUserTransport
 from lguest.vhost_user.frontend import Frontend
 from lguest.vhost_user.server import VhostUserServer
+from lguest.devices.inmemory import BufferSink as Sink
 
 
 def test_parse_args_requires_one_device_and_matching_sockets():
@@ -56,16 +57,6 @@ def test_block_served_on_a_unix_socket_then_cleaned_up(tmp_path):
         stop.set()
         thread.join(5)
     assert not thread.is_alive() and not os.path.exists(sock)
-
-
-class Sink:
-    def __init__(self):
-        self.data = bytearray()
-
-    def write(self, views):
-        for v in views:
-            self.data += v
-        return sum(len(v) for v in views)
 
 
 def test_console_output_reaches_the_sink(tmp_path):
