@@ -13,6 +13,9 @@
 #
 # A new kind of device is one entry in DEVICE_KINDS: a function (spec, resources) ->
 # BuiltDevice. Whatever it opened is closed if it fails half-way (`_closing_on_error`).
+# Its options are fields of DeviceSpec, parsed in config.py (L:952); a host resource
+# of a new kind is one more method on HostResources (and on InMemoryResources, or a
+# LauncherError there); every transport then serves it with no change of its own.
 """
 
 import os
@@ -20,14 +23,13 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from ..devices.block import BlockDevice
+from ..config import parse_mac
+from ..devices.block import ID_BYTES, BlockDevice
 from ..devices.console import INPUT, ConsoleDevice
 from ..devices.inmemory import BufferSink, CountingEntropy, MemoryStore
 from ..devices.net import RX, NetDevice
 from ..devices.rng import RngDevice
 from ..errors import LauncherError
-
-SERIAL_BYTES = 20      # VIRTIO_BLK_ID_BYTES: a block device's serial, for GET_ID
 
 
 @dataclass
@@ -70,7 +72,8 @@ def _named(spec, **kwargs):
 
 def _console(spec, resources):
     sink, source, opened, options = resources.console()
-    device = ConsoleDevice(sink, source, **_named(spec, **options))
+    with _closing_on_error(opened):           # the terminal goes back if this fails
+        device = ConsoleDevice(sink, source, **_named(spec, **options))
     wake = {INPUT: source.fd} if source is not None else {}
     return BuiltDevice(device, opened, wake, "console")
 
@@ -92,7 +95,6 @@ def _rng(spec, resources):
 def _net(spec, resources):
     with _closing_on_error([]) as opened:
         if spec.mac is not None:
-            from ..config import parse_mac
             parse_mac(spec.mac)            # a bad MAC fails before the tap is set up
         link, where = resources.net_link(spec, opened)
         device = NetDevice(link, mac=spec.mac, **_named(spec))
@@ -133,7 +135,7 @@ class HostResources:
         if not spec.path:
             raise LauncherError("--block needs a file name")
         store = FileStore(spec.path, read_only=spec.read_only)
-        return store, os.path.basename(spec.path)[:SERIAL_BYTES]
+        return store, os.path.basename(spec.path)[:ID_BYTES]   # GET_ID's serial
 
     def entropy(self):
         from .rng import UrandomSource
