@@ -12,12 +12,7 @@ first positional argument is a number, so the two never collide.
 import importlib
 import sys
 
-# name -> (module, one-line help). Each module has main(argv) -> exit status.
-SUBCOMMANDS = {
-    "run": ("lguest.uml.cli", "boot a User-Mode Linux guest on our devices and run a command in it"),
-    "vhost-user": ("lguest.vhost_user.cli", "serve our devices to a vhost-user front-end on a unix socket"),
-    "tour": ("lguest.tour", "print the code's numbered comments in reading order"),
-}
+from .subcommands import SUBCOMMANDS
 
 
 def main(argv=None):

@@ -68,30 +68,26 @@ class PrefixSink:
             self.partial = ""
 
 
-def _fake_device(spec, out):
-    """Devices for the simulated guest: served inline (deterministic), console to `out`."""
+def _host_devices(specs, fake, out, on_error):
+    """The factory's devices (L:940) for the PCI bus, each with its runner. The simulated
+    guest's are served inline (deterministic), its console printed to `out`."""
     from .devices.base import InlineRunner
-    from .devices.block import BlockDevice
-    from .devices.console import ConsoleDevice
-    from .devices.rng import RngDevice
-    from .host import HostDevice, build_device
-    from .host.block import FileStore
-    from .host.rng import UrandomSource
-    if spec.kind == "console":
-        sink = PrefixSink(out)
-        return HostDevice(ConsoleDevice(sink), InlineRunner(), [sink], "console")
-    if spec.kind == "block":
-        if not spec.path:
-            raise LauncherError("--block needs a file name")
-        store = FileStore(spec.path, read_only=spec.read_only)
-        device = BlockDevice(store, read_only=spec.read_only, serial=os.path.basename(spec.path)[:20])
-        return HostDevice(device, InlineRunner(), [store], f"block {spec.path}")
-    if spec.kind == "rng":
-        source = UrandomSource()
-        return HostDevice(RngDevice(source), InlineRunner(), [source], "rng")
-    host = build_device(spec, raw_terminal=False)   # net: a real tap, served inline
-    host.runner = InlineRunner()
-    return host
+    from .host import HostDevice
+    from .host.factory import HostResources, make_device
+    from .host.runner import ThreadedRunner
+    resources = HostResources(console_sink=PrefixSink(out)) if fake else HostResources()
+    built = []
+    try:
+        for spec in specs:
+            device = make_device(spec, resources)
+            runner = InlineRunner() if fake else ThreadedRunner(wake_fds=device.wake_fds,
+                                                                on_error=on_error)
+            built.append(HostDevice.from_built(device, runner))
+    except BaseException:
+        for host in built:
+            host.close()
+        raise
+    return built
 
 
 def _devices(config, fake, out, on_error):
@@ -100,19 +96,7 @@ def _devices(config, fake, out, on_error):
     if not any(s.kind == "console" for s in specs):
         specs.insert(0, DeviceSpec("console"))
     specs.sort(key=lambda s: s.kind != "console")     # the console is always device 1
-    built = []
-    try:
-        for spec in specs:
-            if fake:
-                built.append(_fake_device(spec, out))
-            else:
-                from .host import build_device
-                built.append(build_device(spec, on_error=on_error))
-    except BaseException:
-        for host in built:
-            host.close()
-        raise
-    return built
+    return _host_devices(specs, fake, out, on_error)
 
 
 def _load(config, memory, backend):
@@ -135,7 +119,7 @@ def _drop_privileges(config):
 
 
 def _open_backend(config, out, records):
-    from .backends.base import open_backend
+    from .backends.choose import open_backend
     if config.backend == "fake":
         backend = open_backend("fake", log=lambda text: print(f"guest: {text}", file=out, flush=True))
     else:

@@ -20,7 +20,8 @@ import struct
 
 from .errors import GuestError
 from .memory import store
-from .virtio import (DESC_SIZE, F_RING_EVENT_IDX, F_RING_INDIRECT_DESC,
+from .transport_rules import ring_alignment_problem
+from .virtio import (DESC_SIZE, F_RING_EVENT_IDX, F_RING_INDIRECT_DESC, MAX_QUEUE_SIZE,
                      USED_ELEM_SIZE, VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT,
                      VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY, bit)
 
@@ -49,7 +50,6 @@ SEED_RULES = frozenset({
     RULE_AVAIL_FLAGS, RULE_QUEUE_SIZE,
 })
 
-MAX_QUEUE_SIZE = 32768      # 2.4: "The maximum Queue Size value is 32768"
 
 _U16 = struct.Struct("<H")
 _DESC = struct.Struct("<QIHH")
@@ -161,10 +161,10 @@ class Virtqueue:
 
     def check_enable(self):
         # 2.4.1: "The driver MUST ensure that the physical address of the first byte of
-        # each virtqueue part is a multiple of the specified alignment value"
-        # (descriptor table 16, available ring 2, used ring 4).
-        if self.desc % 16 or self.avail % 2 or self.used % 4:
-            raise self._error(RULE_ALIGNMENT, f"desc {self.desc:#x} avail {self.avail:#x} used {self.used:#x}")
+        # each virtqueue part is a multiple of the specified alignment value" (L:205).
+        problem = ring_alignment_problem(self.desc, self.avail, self.used)
+        if problem:
+            raise self._error(RULE_ALIGNMENT, problem)
         self._bind()
         # 2.4.9.1 (2.6.8.1 later): "The driver MUST initialize flags in the used ring
         # to 0 when allocating the used ring."

@@ -23,23 +23,10 @@ from ..errors import LauncherError
 from .. import x86
 from .base import MMIO, PIO, Backend, GuestDied, IoExit, RebootRequested
 
-LHREQ_INITIALIZE = 0
-LHREQ_GETDMA = 1        # obsolete
-LHREQ_IRQ = 2
-LHREQ_BREAK = 3         # obsolete
-LHREQ_EVENTFD = 4       # obsolete in the PCI launcher
-LHREQ_GETREG = 5
-LHREQ_SETREG = 6
-LHREQ_TRAP = 7
-
-LGUEST_IRQS = 32
-PENDING = struct.Struct("<B7sI")          # struct lguest_pending
-NATIVE_WORD = struct.calcsize("L")
-PAGE_SIZE = 4096                          # lguest hosts were x86: 4 KiB pages
-DEVICE_PATH = "/dev/lguest"
-TRAP_GPF = 13
-TRAP_PAGE_FAULT = 14
-ERESTART = getattr(errno, "ERESTART", 85)  # kernel-internal, but lguest leaks it
+from .lguest_abi import (DEVICE_PATH, ERESTART, LGUEST_IRQS, LHREQ_BREAK,  # noqa: F401
+                         LHREQ_EVENTFD, LHREQ_GETDMA, LHREQ_GETREG, LHREQ_INITIALIZE,
+                         LHREQ_IRQ, LHREQ_SETREG, LHREQ_TRAP, NATIVE_WORD, PAGE_SIZE,
+                         PENDING, TRAP_GPF, TRAP_PAGE_FAULT)
 
 
 def pack_words(words, word_size):

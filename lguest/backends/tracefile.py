@@ -43,7 +43,7 @@ import json
 import struct
 
 from .. import x86
-from .lguest_dev import (ERESTART, LHREQ_GETREG, LHREQ_INITIALIZE, LHREQ_IRQ, LHREQ_SETREG,
+from .lguest_abi import (ERESTART, LHREQ_GETREG, LHREQ_INITIALIZE, LHREQ_IRQ, LHREQ_SETREG,
                          LHREQ_TRAP, PENDING)
 from .lguest_model import Die, Reboot, Trap
 

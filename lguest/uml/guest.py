@@ -22,6 +22,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 
+from .. import virtio
 from ..errors import LauncherError
 from . import kit as kit_module, process, servers
 
@@ -113,7 +114,7 @@ class Guest:
                                                    net=self.net)).devices
 
     def _wait_list(self, devices):
-        blocks = [d for d in devices if d[1] == servers.VIRTIO_ID_BLOCK]
+        blocks = [d for d in devices if d[1] == virtio.ID_BLOCK]
         names = [f"vd{chr(ord('a') + i)}" for i in range(len(blocks))]
         if self.console:
             names.append("hvc0")

@@ -17,6 +17,7 @@
 # crashes it (say, by shrinking its guest memory under us: SIGBUS) ends only its own
 # session; --no-isolate serves in this process, as `lguest run` does.
 # (Debian's UML kernel has no HW_RANDOM_VIRTIO, so --rng is for other front-ends.)
+# The rings' memory ordering is correct on x86 hosts only (L:733): elsewhere we refuse.
 """
 
 import argparse
@@ -26,7 +27,8 @@ import sys
 import threading
 
 from ..errors import LguestError
-from . import devices
+from . import served as devices
+from .rings import require_x86_host
 from .server import VhostUserServer
 
 
@@ -93,6 +95,7 @@ def main(argv=None):
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
+        require_x86_host()         # before any device is opened (L:733)
         serve(build(args), args.socket, stop, isolate=args.isolate)
     except LguestError as e:
         print(f"lguest vhost-user: {e}", file=sys.stderr)

@@ -21,6 +21,7 @@ from lguest.host import build_device
 from lguest.host.rng import UrandomSource
 from lguest.memory import GuestMemory
 from lguest.pci.bus import PciBus
+from lguest.devices.inmemory import BufferSink as ListSink
 
 MEM = 8 << 20
 
@@ -197,15 +198,6 @@ def test_rng_buffers_filled_from_urandom():
     assert used[2].data != bytes(4096) and used[1].data != used[2].data[:64]
     guest.close()
     source.close()
-
-
-class ListSink:
-    def __init__(self):
-        self.data = bytearray()
-
-    def write(self, views):
-        for v in views:
-            self.data += v
 
 
 def test_console_is_device_one_and_output_and_emergency_write_reach_the_sink():

@@ -53,7 +53,7 @@ def test_kernel_none_needs_the_fake_backend(monkeypatch):
         def get_reg(self, name): return 0
         def set_reg(self, name, value): pass
         def interrupt(self, irq): pass
-    monkeypatch.setattr("lguest.backends.base.open_backend", lambda name=None, **k: NoGuest())
+    monkeypatch.setattr("lguest.backends.choose.open_backend", lambda name=None, **k: NoGuest())
     with pytest.raises(LauncherError, match="kernel image is needed"):
         launch(LaunchConfig(mem_mb=4, kernel="none", backend="kvm"))
 

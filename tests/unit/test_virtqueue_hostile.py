@@ -11,6 +11,7 @@ import random
 import struct
 
 from hypothesis import given, settings, strategies as st
+from hypothesis_budget import examples
 
 from lguest.errors import GuestError
 from lguest.memory import GuestMemory
@@ -66,7 +67,7 @@ def exercise(mem, vq, rounds=8):
     return rules
 
 
-@settings(max_examples=150)
+@settings(max_examples=examples(150))
 @given(size=sizes, feats=features, seed=st.integers(0, 2**32), desc=st.binary(max_size=2048),
        avail=st.binary(max_size=262), last=st.integers(0, 0xFFFF), offered=mostly_none)
 def test_random_bytes_in_the_rings(size, feats, seed, desc, avail, last, offered):
@@ -92,7 +93,7 @@ def test_random_bytes_in_the_rings(size, feats, seed, desc, avail, last, offered
         del vq
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(size=sizes, feats=features, table=st.lists(descs, min_size=1, max_size=16),
        heads=st.lists(st.integers(0, 999), min_size=1, max_size=6), wild_head=mostly_none,
        avail_jump=mostly_none, avail_flags=flag_words, last=st.integers(0, 0xFFFF))
@@ -121,7 +122,7 @@ def test_random_fields_in_descriptors(size, feats, table, heads, wild_head, avai
         del vq
 
 
-@settings(max_examples=50)
+@settings(max_examples=examples(50))
 @given(size=sizes, feats=features, where=st.tuples(st.integers(0, 2**64 - 1),
                                                    st.integers(0, 2**64 - 1),
                                                    st.integers(0, 2**64 - 1)))
