@@ -1,11 +1,12 @@
 """Boot the lguest host under qemu-system-i386 and stream its serial console.
 
-TCG (no KVM needed; the KVM here is PVM and cannot run a 32-bit PAE-less guest anyway),
-`-cpu coreduo` (a family-6 model-14 CPU: the host kernel then trusts its TSC, and the
-lguest guests inherit a calibrated TSC instead of timing the PIT), `-no-reboot` so the
-/init's final `reboot -f` ends QEMU. The /init prints `LGUEST-HOST-EXIT <n>` just before,
-and that number is what run_host() returns: the host's own exit status does not cross
-QEMU. 124 (as timeout(1)) when the host took too long and was killed.
+TCG (no KVM needed: the KVM here is PVM, and an lguest host is a 32-bit kernel),
+`-cpu coreduo` (with `qemu32` the guests calibrate their delay loop, 1.5 s more each),
+`-no-reboot` so the /init's final `reboot -f` ends QEMU, `-nic none` (no network card:
+no PXE ROM to wait for). The /init prints `LGUEST-HOST-EXIT <n>` just before, and that
+number is what run_host() returns: the host's own exit status does not cross QEMU.
+124 (as timeout(1)) when the host took too long and was killed; 1 when QEMU ended
+without a report (a host kernel panic: panic=-1 makes it reboot at once, so QEMU exits).
 """
 
 import os
@@ -21,7 +22,7 @@ from ..errors import LauncherError
 EXIT_MARKER = "LGUEST-HOST-EXIT"
 _EXIT_LINE = re.compile(rb"LGUEST-HOST-EXIT (\d+)")
 TIMEOUT_STATUS = 124
-APPEND = "console=ttyS0 quiet tsc=reliable panic=-1"
+APPEND = "console=ttyS0 quiet panic=-1"
 QEMU = "qemu-system-i386"
 AFTER_MARKER_GRACE = 10.0      # seconds QEMU gets to exit on its own after the marker
 
