@@ -188,12 +188,15 @@ def launch(config, *, out=None, reexec=None):
         except _DeviceFailed:
             raise failures[0] if failures else LauncherError("a device thread failed")
     finally:
+        # The devices first: their threads may still be finishing a request and
+        # interrupting the guest, so the backend must outlive them (a real lguest
+        # host showed the race at a reboot: an LHREQ_IRQ on a closed fd).
+        for host in reversed(hosts):
+            host.close()
         if backend is not None:
             backend.close()
             if records:
                 _write_trace(config, records)
-        for host in reversed(hosts):
-            host.close()
         memory.close()
         if previous is not None:
             signal.signal(signal.SIGUSR1, previous)
