@@ -10,6 +10,7 @@ tests its own.
   supply) and `PciConfigMachine` (PCI config space of a device you supply, byte by byte).
 - `DriverHarness`: guest memory, a PCI bus with your devices and our guest-side driver,
   probed and live (what the `virtio_driver` fixture gives you).
+- `FakeRuns`: run, record and replay whole fake-backend runs (trap streams).
 - The pytest plugin (lguest.testing.plugin, on by default): the `hw` marker and the
   `lguest_guest`, `virtio_driver`, `fake_backend` fixtures. See docs/library.md.
 
@@ -18,13 +19,14 @@ Hypothesis is imported only by the parts that need it, when first used.
 
 import importlib
 
-__all__ = ["DriverHarness", "HostileRing", "PciConfigMachine", "SplitRingMachine",
+__all__ = ["DriverHarness", "FakeRuns", "HostileRing", "PciConfigMachine", "SplitRingMachine",
            "StatusMachine", "exercise_queue", "hostile_rings", "inside_guest",
            "random_address_rings", "random_byte_rings", "random_field_rings", "ring_memory",
            "serve_hostile", "RING_MEMORY"]
 
 _WHERE = {
     "DriverHarness": "harness",
+    "FakeRuns": "fake",
     "SplitRingMachine": "ring_machine",
     "StatusMachine": "status_machine",
     "PciConfigMachine": "pci_config",

@@ -179,6 +179,14 @@ class Guest:
         os.mkdir(boot_dir)
         return _Booted(self, boot_dir)
 
+    def boot(self):
+        """Boot now (run() would on first use); a no-op if the guest is up."""
+        if self.workdir is None:
+            self.__enter__()
+        if self._booted is None:
+            self.run("true")
+        return self
+
     def run(self, command, *, timeout=None, on_stdout=None, on_stderr=None, text=True):
         """Run command (a shell string, or an argv list) in the guest; return a Result.
 

@@ -64,6 +64,10 @@ if [ -n "$lguest_ip" ]; then
 fi
 out=/dev/${lguest_stdout:-tty1}
 [ -e "$out" ] || out=/dev/tty1
+# hvc0 too passes bytes as they are (no \n -> \r\n), as the tty lines do; hvc resets
+# its settings when the last user closes it, so ours stays open, as fd 4.
+exec 4>"$out"
+stty raw -echo <&4 2>/dev/null
 # The kernel's leftovers (its unknown arguments: mem=, uml_dir=, lguest_*=) and ours
 # are not the commands' environment: PATH and HOME are.
 cmd=$lguest_cmd
@@ -78,7 +82,7 @@ run_command() {
     rm -rf /root; mkdir /root; break
   done
   cd /root; unset OLDPWD
-  sh /tmp/lguest-cmd </dev/null >"$out" 2>/dev/tty2
+  sh /tmp/lguest-cmd </dev/null >&4 2>/dev/tty2 4>&-
   status=$?
   cd /
   kill -9 -1 2>/dev/null
@@ -97,7 +101,7 @@ else
 $command
 EOF
     run_command
-    printf '%s' "<<lguest-end $token>>" >"$out"
+    printf '%s' "<<lguest-end $token>>" >&4
     printf '%s' "<<lguest-end $token>>" >&2
     echo "lguest-exit-status $token $status" >/dev/tty3
   done
