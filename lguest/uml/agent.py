@@ -13,7 +13,6 @@
 # loop reads like any other channel, so the ordering logic is the same for both.
 """
 
-import base64
 import os
 import secrets
 import selectors
@@ -58,6 +57,13 @@ class FramedStream:
                      if buf.endswith(self.marker[:k])), 0)
         self._give(buf[:len(buf) - keep])
         self.held = buf[len(buf) - keep:]
+
+
+def encode_command(command):
+    """The command as one line that the guest's `printf %b` turns back into it."""
+    if "\0" in command:
+        raise LauncherError("a command cannot contain a NUL byte")
+    return command.replace("\\", "\\\\").replace("\n", "\\n")
 
 
 def parse_agent_status(text, token):
@@ -165,7 +171,7 @@ class BootedGuest:
         outcome = Outcome(None, False, None, "", 0.0)
         streams = {"stdout": FramedStream(marker, on_stdout or (lambda b: None)),
                    "stderr": FramedStream(marker, on_stderr or (lambda b: None))}
-        line = f"{token} {base64.b64encode(command.encode()).decode()}\n".encode()
+        line = f"{token} {encode_command(command)}\n".encode()
         if len(line) > MAX_COMMAND:
             raise LauncherError(f"command too long for the guest agent ({len(command)} bytes)")
 

@@ -64,3 +64,31 @@ def test_a_guest_that_never_started_is_stopped_and_released_quietly(tmp_path):
     booted.console_write(b"after release")       # a late device thread: no error
     assert not booted.alive
     assert os.listdir(tmp_path) == []
+
+
+def printf_b(text):
+    """What the guest's `printf %b` does with the two escapes encode_command makes."""
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in "\\n":
+            out.append("\\" if text[i + 1] == "\\" else "\n")
+            i += 2
+        else:
+            assert text[i] != "\\", "a lone backslash would be an escape for printf %b"
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+@given(st.text(alphabet=st.characters(blacklist_characters="\0"), max_size=200))
+def test_a_command_travels_as_one_line_and_decodes_to_itself(command):
+    line = agent.encode_command(command)
+    assert "\n" not in line
+    assert printf_b(line) == command
+
+
+def test_a_nul_in_a_command_is_refused_clearly():
+    import pytest
+    from lguest.errors import LauncherError
+    with pytest.raises(LauncherError, match="NUL"):
+        agent.encode_command("a\0b")

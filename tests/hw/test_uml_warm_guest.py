@@ -92,3 +92,13 @@ def test_console_guest_frames_output_through_hvc0_too(lguest_guest):
         r = g.run(f"echo {word}; echo to-stderr >&2")
         assert (r.stdout, r.stderr) == (f"{word}\n", "to-stderr\n")
     assert g.boots == 1
+
+
+def test_any_command_text_arrives_as_written(lguest_guest):
+    weird = "  lead \\t \\\\ \\c \\0101 %s %b 'q' \"dq\" $HOME `x` ünï \t tab, trailing  "
+    command = f"cat <<'END'\n{weird}\n{weird}\nEND"
+    r = lguest_guest.run(command)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == f"{weird}\n{weird}\n"
+    long = lguest_guest.run("echo " + "x" * 50000 + " | wc -c")
+    assert long.stdout.strip() == "50001"
