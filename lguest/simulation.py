@@ -36,11 +36,14 @@ def simulated_devices(kinds, sink=None):
 
 
 def simulate(kinds, *, mem_mb=8, seed=0, scenario=None, record=None, replay=None, log=None,
-             word_size=8):
-    """Run the fake backend on simulated devices; return (exit, bus, backend)."""
+             word_size=8, devices=None):
+    """Run the fake backend on simulated devices; return (exit, bus, backend).
+
+    devices: VirtioDevice objects to use instead of the simulated `kinds` (your own, or
+    ours changed: what a replay then catches)."""
     memory = GuestMemory(mem_mb << 20)
     bus = PciBus(memory)
-    for device in simulated_devices(kinds):
+    for device in simulated_devices(kinds) if devices is None else devices:
         bus.add_device(device, InlineRunner())
     backend = FakeBackend(scenario, seed=seed, log=log, record=record, replay=replay,
                           word_size=word_size)

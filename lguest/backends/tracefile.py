@@ -76,6 +76,7 @@ def _open(path, mode):
 
 
 def write_trace(path, header, records, *, kind="trap"):
+    """Write a version-1 stream: a JSON header line, then one JSON line per record."""
     header = dict(header, format=FORMAT, version=VERSION)
     if kind != "trap":
         header["kind"] = kind            # trap streams stay as they always were
