@@ -25,8 +25,9 @@ from .process import LOG_TAIL, Outcome, kernel_arguments, kill_group, spawn
 
 # How long a guest may take to sync and power off once we close its control line.
 STOP_GRACE = 5.0
-# The longest command we send (the guest reads it as one line of a raw tty).
-MAX_COMMAND = 256 * 1024
+# The longest command line we send: it must fit in the pipe's buffer (64 KiB), so our
+# write never waits on a guest that has stopped reading.
+MAX_COMMAND = 60 * 1024
 
 
 class FramedStream:
@@ -173,7 +174,9 @@ class BootedGuest:
                    "stderr": FramedStream(marker, on_stderr or (lambda b: None))}
         line = f"{token} {encode_command(command)}\n".encode()
         if len(line) > MAX_COMMAND:
-            raise LauncherError(f"command too long for the guest agent ({len(command)} bytes)")
+            raise LauncherError(f"command too long for the guest agent ({len(command)} bytes; "
+                                f"keep it under {MAX_COMMAND // 1024} KiB, or put a script "
+                                "on a block device)")
 
         def handle(name, data):
             if name == "status":

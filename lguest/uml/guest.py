@@ -208,6 +208,8 @@ class Guest:
             left = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
             outcome = self._booted.uml.run(command, timeout=left, on_stdout=on_stdout,
                                            on_stderr=on_stderr)
+        except LauncherError:
+            raise                           # e.g. a command too long: the guest is fine
         except BaseException:
             self._discard(grace=0)          # ^C or a host error: stop the guest at once
             raise

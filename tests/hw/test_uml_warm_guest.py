@@ -102,3 +102,11 @@ def test_any_command_text_arrives_as_written(lguest_guest):
     assert r.stdout == f"{weird}\n{weird}\n"
     long = lguest_guest.run("echo " + "x" * 50000 + " | wc -c")
     assert long.stdout.strip() == "50001"
+
+
+def test_an_overlong_command_is_refused_and_the_guest_stays_up(lguest_guest):
+    from lguest.errors import LauncherError
+    with pytest.raises(LauncherError, match="command too long"):
+        lguest_guest.run("echo " + "y" * 70000)
+    assert lguest_guest.run("echo still").stdout == "still\n"
+    assert lguest_guest.boots == 1
