@@ -47,7 +47,6 @@ from lguest.pci.transport import DEVICE_CFG_OFFSET  # noqa: E402
 
 REG = {name: off // 4 for name, off in x86.USER_REGS_OFFSETS.items()}
 WORD = struct.Struct("<I")
-TWO_WORDS = struct.Struct("<II")
 PENDING = struct.Struct("<B7sI")
 GUEST_KERNEL_CS = 0x61
 CONSOLE_SLOT = 1
@@ -143,16 +142,17 @@ class StreamKernel:
         return record
 
     def pwrite(self, fd, data, offset):
-        request, arg = TWO_WORDS.unpack_from(data) if len(data) >= 8 else (WORD.unpack(data)[0], 0)
+        # Words are 4-byte little-endian; request numbers and register offsets are < 256.
+        request = data[0]
         self.requests[request] += 1
         if request == 5:                       # LHREQ_GETREG
-            self.reg_read = arg >> 2
+            self.reg_read = data[4] >> 2
             return 8
         if request == 6:                       # LHREQ_SETREG
-            self.regs[arg >> 2] = WORD.unpack_from(data, 8)[0]
+            self.regs[data[4] >> 2] = WORD.unpack_from(data, 8)[0]
             return 12
         if request == 7:                       # LHREQ_TRAP
-            self.reinjected.append(arg)
+            self.reinjected.append(data[4])
         return len(data)
 
 

@@ -39,6 +39,9 @@ PAGE_SIZE = 4096                          # lguest hosts were x86: 4 KiB pages
 DEVICE_PATH = "/dev/lguest"
 TRAP_GPF = 13
 TRAP_PAGE_FAULT = 14
+ADDRESS = struct.Struct("<I")             # lguest_pending.addr, after trap and insn[7]
+ADDRESS_OFFSET = 8
+PLAN_CACHE_SIZE = 1024                    # distinct trapping instructions remembered
 ERESTART = getattr(errno, "ERESTART", 85)  # kernel-internal, but lguest leaks it
 
 
@@ -75,6 +78,8 @@ class LguestBackend(Backend):
         self._pread, self._pwrite, self._closer = pread, pwrite, closer
         self.warn = warn
         self.path = path
+        self._plans = {}                  # trap + instruction bytes -> Plan (L:525)
+        self._exit = TrapExit(self)
         try:
             self.fd = opener(path, os.O_RDWR | os.O_CLOEXEC)
         except OSError as e:
@@ -164,15 +169,34 @@ class LguestBackend(Backend):
                 raise LauncherError(f"Running guest failed: {e.strerror}") from e
             if len(data) != PENDING.size:
                 raise LauncherError(f"Running guest failed: short read of {len(data)} bytes")
-            trap, insn, addr = PENDING.unpack(data)
-            if trap == TRAP_GPF:
-                exit_ = self._emulate_port(insn)
-            elif trap == TRAP_PAGE_FAULT:
-                exit_ = self._emulate_mmio(addr, insn)
+            #L:525 A boot is ~141,000 traps from a few dozen instructions (the PIT
+            # calibration alone reads port 0x42 ~100,000 times from one place), so each
+            # distinct trap number + 7 instruction bytes is decoded once, into a Plan.
+            # Everything that depends on the guest's state (its privilege, %dx, the
+            # registers) is still read on every trap; only the decoding is reused.
+            plan = self._plans.get(data[:8])
+            if plan is None:
+                plan = self._plan(data)
+            if plan.trap == TRAP_GPF:
+                exit_ = self._emulate_port(plan, data)
             else:
-                raise LauncherError(f"Unknown trap {trap} addr {addr:#08x}")
+                exit_ = self._emulate_mmio(plan, data)
             if exit_ is not None:
                 return exit_
+
+    def _plan(self, data):
+        trap, insn_bytes, addr = PENDING.unpack(data)
+        if trap == TRAP_GPF:
+            insn = x86.decode_port_insn(insn_bytes)
+        elif trap == TRAP_PAGE_FAULT:
+            insn = x86.decode_mmio_insn(insn_bytes)
+        else:
+            raise LauncherError(f"Unknown trap {trap} addr {addr:#08x}")
+        plan = Plan(trap, insn_bytes, insn)
+        if len(self._plans) >= PLAN_CACHE_SIZE:
+            self._plans.clear()          # a guest jumping about: never grow without bound
+        self._plans[data[:8]] = plan
+        return plan
 
     def _death_reason(self):
         try:
@@ -184,61 +208,91 @@ class LguestBackend(Backend):
     def _advance(self, length):
         self.set_reg("eip", self.get_reg("eip") + length)
 
-    def _emulate_port(self, insn_bytes):
+    def _emulate_port(self, plan, data):
         #L:523 emulate_insn(): only the guest kernel (CPL 1, L:501) may do port I/O
         # through us; anything we do not recognise goes back to the guest as the
         # general protection fault it was.
         xcs = self.get_reg("xcs")
-        insn = x86.decode_port_insn(insn_bytes) if x86.privileged_enough(xcs) else None
-        if insn is None:
-            why = "not emulated" if x86.privileged_enough(xcs) else f"from CPL {xcs & 3}"
+        insn = plan.insn
+        if insn is None or not x86.privileged_enough(xcs):
+            why = f"from CPL {xcs & 3}" if not x86.privileged_enough(xcs) else "not emulated"
             self.warn(f"GPF at {self.get_reg('eip'):#x} ({why}): "
-                      + " ".join(f"{c:02x}" for c in insn_bytes[:4]) + ", re-injecting trap 13")
+                      + " ".join(f"{c:02x}" for c in plan.insn_bytes[:4]) + ", re-injecting trap 13")
             self.reinject(TRAP_GPF)
             return None
-        if insn.kind == "cli":
+        if plan.operand is None:                 # cli
             self._advance(insn.length)
             return None
         port = (self.get_reg("edx") & 0xFFFF) if insn.port_in_dx else insn.port
-        mask = x86.MASKS[insn.width]
-        eax = self.get_reg("eax")
-        value = eax & mask if insn.kind == "out" else 0
+        return self._exit.fill(plan, PIO, port)
 
-        def complete(result=0):
-            if insn.kind == "in":
-                # "they expect the result to be read into %eax": only the low bits change.
-                self.set_reg("eax", (eax & ~mask) | (result & mask))
-            self._advance(insn.length)
-
-        def reject():
-            self.warn(f"Attempt to {'read from' if insn.kind == 'in' else 'write to'} "
-                      f"port {port} ({mask:#x} mask)")
-            self.reinject(TRAP_GPF)
-
-        return IoExit(PIO, port, insn.width, insn.kind == "out", value, complete, reject)
-
-    def _emulate_mmio(self, addr, insn_bytes):
+    def _emulate_mmio(self, plan, data):
         #L:524 emulate_mmio(): a mov to or from the device window. For a store the
         # value comes from the register the ModRM byte names (ah..bh for bytes);
         # for a load we write only the bits the instruction loads.
-        insn = x86.decode_mmio_insn(insn_bytes)
-        if insn is None:
-            b = insn_bytes[:4]
+        addr = ADDRESS.unpack_from(data, ADDRESS_OFFSET)[0]
+        if plan.insn is None:
             self.warn(f"Unknown MMIO instruction touching {addr:#08x}: "
-                      + " ".join(f"{c:02x}" for c in b) + f" at {self.get_reg('eip')}")
+                      + " ".join(f"{c:02x}" for c in plan.insn_bytes[:4])
+                      + f" at {self.get_reg('eip')}")
             self.reinject(TRAP_PAGE_FAULT)
             return None
-        regs = {name: self.get_reg(name) for name in x86.registers_needed(insn)}
-        value = x86.read_register(regs, insn.reg, insn.width) if insn.is_write else 0
+        return self._exit.fill(plan, MMIO, addr)
 
-        def complete(result=0):
-            if not insn.is_write:
-                name, merged = x86.merge_register(regs, insn.reg, insn.width, result)
-                self.set_reg(name, merged)
-            self._advance(insn.length)
+    def _complete(self, exit_, result):
+        plan = exit_.plan
+        if not plan.is_write:
+            # "they expect the result to be read into %eax": only the operand's bits change.
+            self.set_reg(plan.operand.reg, plan.operand.merge(exit_.old, result))
+        self._advance(plan.insn.length)
 
-        def reject():
-            self.warn(f"MMIO touching {addr:#08x} (not a device)")
+    def _reject(self, exit_):
+        if exit_.space == PIO:
+            self.warn(f"Attempt to {'write to' if exit_.is_write else 'read from'} "
+                      f"port {exit_.addr} ({exit_.plan.operand.mask:#x} mask)")
+            self.reinject(TRAP_GPF)
+        else:
+            self.warn(f"MMIO touching {exit_.addr:#08x} (not a device)")
             self.reinject(TRAP_PAGE_FAULT)
 
-        return IoExit(MMIO, addr, insn.width, insn.is_write, value, complete, reject)
+
+class Plan:
+    """One decoded trapping instruction: what run() keeps per distinct trap + bytes."""
+
+    __slots__ = ("trap", "insn_bytes", "insn", "operand", "is_write", "fetch_old")
+
+    def __init__(self, trap, insn_bytes, insn):
+        self.trap = trap
+        self.insn_bytes = insn_bytes
+        self.insn = insn                  # None: not an instruction we emulate
+        self.operand = x86.operand(insn) if insn is not None else None
+        self.is_write = insn is not None and insn.is_write
+        # Whether the operand's register must be fetched (a store's value, or the bits
+        # a narrow load or in keeps).
+        self.fetch_old = self.operand is not None and self.operand.reg in x86.registers_needed(insn)
+
+
+class TrapExit(IoExit):
+    """The IoExit of the trap being emulated. One per backend, refilled by every trap
+    (like KVM's shared kvm_run): it is valid until the next run(). complete() and
+    reject() finish the instruction through the backend."""
+
+    def __init__(self, backend):
+        super().__init__(PIO, 0, 0, False)
+        self.backend = backend
+        self.plan = None
+        self.old = 0                      # the operand register's value, if fetched
+
+    def fill(self, plan, space, addr):
+        backend = self.backend
+        self.plan, self.space, self.addr = plan, space, addr
+        self.size, self.is_write = plan.insn.width, plan.is_write
+        self.old = backend.get_reg(plan.operand.reg) if plan.fetch_old else 0
+        self.value = plan.operand.read(self.old) if plan.is_write else 0
+        return self
+
+    def complete(self, value=0):
+        self.backend._complete(self, value)
+
+    def reject(self):
+        self.backend._reject(self)
