@@ -113,16 +113,12 @@ class LguestBackend(Backend):
                       (mmio_limit + PAGE_SIZE - 1) // PAGE_SIZE)
 
     def get_reg(self, name):
-        request = self._getreg_requests[name]
+        # GETREG, then a read that returns the register instead of running the guest.
         try:
-            self._pwrite(self.fd, request, self.cpu_id)
-        except OSError as e:
-            raise LauncherError(f"Getting register {x86.USER_REGS_OFFSETS[name]}: "
-                                f"{e.strerror}") from e
-        try:
+            self._pwrite(self.fd, self._getreg_requests[name], self.cpu_id)
             data = self._pread(self.fd, self.word_size, self.cpu_id)
         except OSError as e:
-            raise LauncherError(f"Reading register {x86.USER_REGS_OFFSETS[name]}: "
+            raise LauncherError(f"Getting register {x86.USER_REGS_OFFSETS[name]}: "
                                 f"{e.strerror}") from e
         if len(data) != self.word_size:
             raise LauncherError(f"Reading register {x86.USER_REGS_OFFSETS[name]}: "
@@ -206,6 +202,7 @@ class LguestBackend(Backend):
         return reason.split(b"\0", 1)[0].decode("utf-8", "replace")
 
     def _advance(self, length):
+        """Step eip past the emulated instruction."""
         self.set_reg("eip", self.get_reg("eip") + length)
 
     def _emulate_port(self, plan, data):
@@ -214,17 +211,20 @@ class LguestBackend(Backend):
         # general protection fault it was.
         xcs = self.get_reg("xcs")
         insn = plan.insn
-        if insn is None or not x86.privileged_enough(xcs):
-            why = f"from CPL {xcs & 3}" if not x86.privileged_enough(xcs) else "not emulated"
-            self.warn(f"GPF at {self.get_reg('eip'):#x} ({why}): "
-                      + " ".join(f"{c:02x}" for c in plan.insn_bytes[:4]) + ", re-injecting trap 13")
-            self.reinject(TRAP_GPF)
+        if insn is None or (xcs & 3) != x86.GUEST_KERNEL_CPL:     # x86.privileged_enough
+            self._refuse_port(plan, xcs)
             return None
         if plan.operand is None:                 # cli
             self._advance(insn.length)
             return None
         port = (self.get_reg("edx") & 0xFFFF) if insn.port_in_dx else insn.port
         return self._exit.fill(plan, PIO, port)
+
+    def _refuse_port(self, plan, xcs):
+        why = "not emulated" if x86.privileged_enough(xcs) else f"from CPL {xcs & 3}"
+        self.warn(f"GPF at {self.get_reg('eip'):#x} ({why}): "
+                  + " ".join(f"{c:02x}" for c in plan.insn_bytes[:4]) + ", re-injecting trap 13")
+        self.reinject(TRAP_GPF)
 
     def _emulate_mmio(self, plan, data):
         #L:524 emulate_mmio(): a mov to or from the device window. For a store the
@@ -239,13 +239,6 @@ class LguestBackend(Backend):
             return None
         return self._exit.fill(plan, MMIO, addr)
 
-    def _complete(self, exit_, result):
-        plan = exit_.plan
-        if not plan.is_write:
-            # "they expect the result to be read into %eax": only the operand's bits change.
-            self.set_reg(plan.operand.reg, plan.operand.merge(exit_.old, result))
-        self._advance(plan.insn.length)
-
     def _reject(self, exit_):
         if exit_.space == PIO:
             self.warn(f"Attempt to {'write to' if exit_.is_write else 'read from'} "
@@ -259,7 +252,7 @@ class LguestBackend(Backend):
 class Plan:
     """One decoded trapping instruction: what run() keeps per distinct trap + bytes."""
 
-    __slots__ = ("trap", "insn_bytes", "insn", "operand", "is_write", "fetch_old")
+    __slots__ = ("trap", "insn_bytes", "insn", "operand", "is_write", "fetch_old", "length")
 
     def __init__(self, trap, insn_bytes, insn):
         self.trap = trap
@@ -267,6 +260,7 @@ class Plan:
         self.insn = insn                  # None: not an instruction we emulate
         self.operand = x86.operand(insn) if insn is not None else None
         self.is_write = insn is not None and insn.is_write
+        self.length = insn.length if insn is not None else 0
         # Whether the operand's register must be fetched (a store's value, or the bits
         # a narrow load or in keeps).
         self.fetch_old = self.operand is not None and self.operand.reg in x86.registers_needed(insn)
@@ -274,8 +268,9 @@ class Plan:
 
 class TrapExit(IoExit):
     """The IoExit of the trap being emulated. One per backend, refilled by every trap
-    (like KVM's shared kvm_run): it is valid until the next run(). complete() and
-    reject() finish the instruction through the backend."""
+    (like KVM's shared kvm_run): it is valid until the next run(). complete() finishes
+    the instruction (the operand's register for a read, then eip); reject() hands the
+    trap back to the guest."""
 
     def __init__(self, backend):
         super().__init__(PIO, 0, 0, False)
@@ -284,15 +279,18 @@ class TrapExit(IoExit):
         self.old = 0                      # the operand register's value, if fetched
 
     def fill(self, plan, space, addr):
-        backend = self.backend
         self.plan, self.space, self.addr = plan, space, addr
         self.size, self.is_write = plan.insn.width, plan.is_write
-        self.old = backend.get_reg(plan.operand.reg) if plan.fetch_old else 0
+        self.old = self.backend.get_reg(plan.operand.reg) if plan.fetch_old else 0
         self.value = plan.operand.read(self.old) if plan.is_write else 0
         return self
 
     def complete(self, value=0):
-        self.backend._complete(self, value)
+        backend, plan = self.backend, self.plan
+        if not plan.is_write:
+            # "they expect the result to be read into %eax": only the operand's bits change.
+            backend.set_reg(plan.operand.reg, plan.operand.merge(self.old, value))
+        backend._advance(plan.length)
 
     def reject(self):
         self.backend._reject(self)
