@@ -217,45 +217,53 @@ def floor(events):
 
 
 CATEGORIES = (
-    ("stream kernel (stand-in for the syscalls)", ("bench/lguest_traps.py",)),
-    ("register round trips (get_reg/set_reg/_request/pack)", ("get_reg", "set_reg", "_request",
-                                                             "pack_words", "_advance")),
+    ("stream kernel / syscalls", ("bench/lguest_traps.py", "built-in method posix.p")),
+    ("register round trips (get_reg/set_reg/_advance)", ("lguest_dev.py:get_reg",
+                                                        "lguest_dev.py:set_reg",
+                                                        "lguest_dev.py:_advance")),
+    ("trap dispatch and exit (run, _emulate_*, Plan, TrapExit)", ("lguest_dev.py",)),
+    ("counting wrappers (bench only)", ("lguest_host_side.py",)),
     ("decode (x86.py)", ("lguest/x86.py",)),
-    ("trap dispatch (run, _emulate_*)", ("lguest_dev.py",)),
-    ("exit objects (IoExit, closures)", ("base.py", "<string>")),
     ("bus dispatch (pci/)", ("lguest/pci/",)),
-    ("devices (console, runner)", ("lguest/devices/", "lguest/host/")),
+    ("devices (console, block, runner)", ("lguest/devices/", "lguest/host/", "virtqueue")),
     ("logging", ("logging/",)),
     ("run loop (launcher.py)", ("launcher.py",)),
+    ("builtins (struct, int, bytes, len ...)", ("~:",)),
 )
 
 
-def profile(events, memory, top=25):
+def group_profile(stats):
+    """{category: seconds of own time} from a pstats.Stats, by CATEGORIES (first match)."""
+    groups = dict.fromkeys([name for name, _ in CATEGORIES] + ["other"], 0.0)
+    for (path, _, func), (_, _, tottime, _, _) in stats.stats.items():
+        where = f"{path}:{func}"
+        if path == "~":
+            where = f"~:{func}"
+        for name, needles in CATEGORIES:
+            if any(n in where for n in needles):
+                groups[name] += tottime
+                break
+        else:
+            groups["other"] += tottime
+    return groups
+
+
+def print_profile(groups, traps):
+    total = sum(groups.values())
+    print(f"profile: {traps} traps, {total / traps * 1e6:.2f} us/trap under cProfile "
+          "(inflated; read the shares):")
+    for name, seconds in sorted(groups.items(), key=lambda kv: -kv[1]):
+        print(f"  {100 * seconds / total:5.1f}%  {seconds / traps * 1e6:6.2f} us  {name}")
+
+
+def profile(events, memory, top=20):
     """cProfile over ours, own time grouped by what it is spent on, per trap."""
     profiler = cProfile.Profile()
     profiler.enable()
     _, kernel, _ = ours(events, memory)
     profiler.disable()
     stats = pstats.Stats(profiler)
-    groups = {name: 0.0 for name, _ in CATEGORIES}
-    groups["builtins (struct, int, bytes, isinstance ...)"] = 0.0
-    groups["other"] = 0.0
-    for (path, _, func), (_, _, tottime, _, _) in stats.stats.items():
-        where = f"{path}:{func}"
-        for name, needles in CATEGORIES:
-            if any(n in where for n in needles):
-                if name.startswith("register") and "lguest_dev.py" not in path:
-                    continue
-                groups[name] += tottime
-                break
-        else:
-            key = "builtins (struct, int, bytes, isinstance ...)" if path == "~" else "other"
-            groups[key] += tottime
-    total = sum(groups.values())
-    print(f"profile of ours, {kernel.traps} traps, {total / kernel.traps * 1e6:.2f} us/trap "
-          "under cProfile (inflated; read the shares):")
-    for name, seconds in sorted(groups.items(), key=lambda kv: -kv[1]):
-        print(f"  {100 * seconds / total:5.1f}%  {seconds / kernel.traps * 1e6:6.2f} us  {name}")
+    print_profile(group_profile(stats), kernel.traps)
     print("top functions by own time:")
     stats.sort_stats("tottime").print_stats(top)
 
