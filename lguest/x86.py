@@ -234,14 +234,14 @@ def merge_register(regs, regnum, width, value):
 def registers_needed(insn):
     """Which 32-bit registers the emulation of `insn` reads (what GETREG fetches),
     besides xcs for the privilege check and eip to step past it: %edx for a port in
-    %dx, and the operand's register unless the instruction overwrites all of it (a
-    32-bit in or load; the seed fetched it anyway, only to discard it)."""
+    %dx, and the operand's register, even when the instruction overwrites all of it
+    (a 32-bit in or load), as the seed did: recorded trap streams (L:560) expect the
+    seed's exact requests."""
     op = operand(insn)
     if op is None:
         return ()
     needed = ("edx",) if insn.port_in_dx else ()
-    if insn.is_write or not op.whole:
-        needed += (op.reg,) if op.reg not in needed else ()
+    needed += (op.reg,) if op.reg not in needed else ()
     return needed
 
 
