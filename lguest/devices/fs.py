@@ -93,7 +93,7 @@ class FsDevice(VirtioDevice):
         self.features = bit(F_RING_INDIRECT_DESC)
         self.config = bytearray(raw.ljust(TAG_SIZE, b"\0") + struct.pack("<I", request_queues))
         self.minor = W.KERNEL_MINOR_VERSION
-        self.stats = {"requests": 0, "errors": 0, "enosys": 0, "malformed": 0}
+        self.stats = {"requests": 0, "errors": 0, "enosys": 0, "malformed": 0, "bugs": 0}
         self._stats_lock = threading.Lock()
         self._handlers = {
             W.INIT: self.do_init, W.DESTROY: self.do_destroy,
@@ -176,6 +176,7 @@ class FsDevice(VirtioDevice):
             log.info("%s: %s refused: %s", self.name, W.OPCODE_NAMES.get(opcode), e)
             return -errno.EINVAL
         except Exception:
+            self._count("bugs")
             log.exception("%s: %s failed", self.name, W.OPCODE_NAMES.get(opcode))
             return -errno.EIO
 
