@@ -421,7 +421,9 @@ class SharedDirectory:
     @staticmethod
     def _list(fd):
         st = os.fstat(fd)
-        entries = [(b".", st.st_ino, 4), (b"..", 0, 4)]
+        # ".." gets a made-up inode number: its real one may be outside the share, and
+        # readdir(3) hides entries whose inode number is 0.
+        entries = [(b".", st.st_ino, 4), (b"..", 1, 4)]
         with os.scandir(fd) as it:
             for e in it:
                 entries.append((os.fsencode(e.name), e.inode(), _dtype(e)))

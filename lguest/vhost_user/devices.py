@@ -54,6 +54,21 @@ def block(spec, name="vda"):
     return Served(BlockDevice(store, read_only=option == "ro", name=name), resources=[store])
 
 
+def fs(path, tag, read_only=False):
+    """A host directory as a virtio-fs device (L:391)."""
+    from ..devices.fs import FsDevice
+    from ..host.fs import SharedDirectory
+    try:
+        shared = SharedDirectory(path, read_only=read_only)
+    except OSError as e:
+        raise LauncherError(f"--fs={path}: {e.strerror}") from None
+    try:
+        return Served(FsDevice(shared, tag, name=f"fs:{tag}"))
+    except ValueError as e:
+        shared.close()
+        raise LauncherError(f"--tag={tag}: {e}") from None
+
+
 def console(in_fd=0, out_fd=1):
     device = ConsoleDevice(FdSink(out_fd), FdSource(in_fd), name="hvc0")
     return Served(device, _woken_by(INPUT, in_fd))
