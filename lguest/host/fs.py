@@ -33,6 +33,10 @@ ROOT_ID = 1
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
+# openat2 is on the path of every LOOKUP: a typed function and one struct open_how per
+# set of flags keep the ctypes call cheap.
+_openat2 = ctypes.CFUNCTYPE(ctypes.c_long, ctypes.c_long, ctypes.c_int, ctypes.c_char_p,
+                            ctypes.c_void_p, ctypes.c_size_t, use_errno=True)(("syscall", _libc))
 
 
 class OpenHow(ctypes.Structure):
@@ -49,7 +53,7 @@ def _check(result):
 
 def _probe_openat2():
     how = OpenHow(os.O_PATH | os.O_CLOEXEC, 0, RESOLVE_BENEATH)
-    fd = _libc.syscall(SYS_OPENAT2, AT_FDCWD, b".", ctypes.byref(how), ctypes.sizeof(how))
+    fd = _openat2(SYS_OPENAT2, AT_FDCWD, b".", ctypes.addressof(how), ctypes.sizeof(how))
     if fd < 0:
         return False
     os.close(fd)
@@ -57,17 +61,31 @@ def _probe_openat2():
 
 
 HAVE_OPENAT2 = _probe_openat2()
+_hows = {}
+
+
+def _how(flags, mode):
+    key = (flags, mode)
+    how = _hows.get(key)
+    if how is None:
+        how = _hows[key] = OpenHow(flags, mode, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)
+    return how
 
 
 def open_beneath(dirfd, name, flags, mode=0):
     """Open one component `name` beneath dirfd, never following a symlink out of it."""
     flags |= os.O_NOFOLLOW | os.O_CLOEXEC
     if HAVE_OPENAT2:
-        how = OpenHow(flags, mode if flags & os.O_CREAT else 0,
-                      RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)
-        return _check(_libc.syscall(SYS_OPENAT2, dirfd, os.fsencode(name),
-                                    ctypes.byref(how), ctypes.sizeof(how)))
+        how = _how(flags, mode if flags & os.O_CREAT else 0)
+        fd = _openat2(SYS_OPENAT2, dirfd, name, ctypes.addressof(how), OPEN_HOW_SIZE)
+        if fd < 0:
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e))
+        return fd
     return os.open(name, flags, mode, dir_fd=dirfd)
+
+
+OPEN_HOW_SIZE = ctypes.sizeof(OpenHow)
 
 
 def check_name(name):
