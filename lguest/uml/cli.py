@@ -23,6 +23,39 @@ from .guest import Guest, GuestFailed, GuestTimeout
 EXIT_TIMEOUT = 124
 EXIT_GUEST_FAILED = 125
 EXIT_INTERRUPTED = 130
+# The kit's guest (kernel, initramfs unpacked into RAM, modules) does not boot in less:
+# at 40 MiB UML panics ("System is deadlocked on memory"), 48 MiB boots.
+MIN_MEM_MB = 48
+
+
+def host_memory_mb():
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1 << 20)
+
+
+def memory_size(text):
+    """--mem: whole MiB, enough to boot, and no more than this host has."""
+    try:
+        mb = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of MiB") from None
+    if mb < MIN_MEM_MB:
+        raise argparse.ArgumentTypeError(f"{mb} MiB is too little: the guest needs at least "
+                                         f"{MIN_MEM_MB} MiB to boot")
+    if mb > host_memory_mb():
+        raise argparse.ArgumentTypeError(f"{mb} MiB is more than this host's "
+                                         f"{host_memory_mb()} MiB of RAM")
+    return mb
+
+
+def timeout_seconds(text):
+    """--timeout: a positive number of seconds."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not seconds > 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a positive, finite number of seconds")
+    return seconds
 
 
 def parser():
@@ -30,7 +63,7 @@ def parser():
         prog="lguest run",
         description="Boot a User-Mode Linux guest whose virtio devices are served by "
                     "lguest's vhost-user back-end, run CMD in it, and exit with its status.")
-    p.add_argument("--mem", type=int, default=64, metavar="MB", help="guest memory (default 64)")
+    p.add_argument("--mem", type=memory_size, default=64, metavar="MB", help="guest memory (default 64)")
     p.add_argument("--block", action="append", default=[], metavar="FILE[,ro]",
                    help="a disk image, /dev/vda, /dev/vdb, ... in the guest (repeatable)")
     p.add_argument("--net", metavar="SPEC",
@@ -38,7 +71,7 @@ def parser():
     p.add_argument("--ip", metavar="ADDR/PREFIX", help="configure eth0 with this address")
     p.add_argument("--console", action="store_true",
                    help="send CMD's stdout through our virtio console (/dev/hvc0)")
-    p.add_argument("--timeout", type=float, default=None, metavar="S",
+    p.add_argument("--timeout", type=timeout_seconds, default=None, metavar="S",
                    help="stop the guest after S seconds (default: no limit)")
     p.add_argument("--backend", choices=("lguest", "qsd"), default="lguest",
                    help="who serves the block devices (qsd: qemu-storage-daemon, for comparison)")
@@ -58,6 +91,8 @@ def main(argv=None):
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser().error("no command given (lguest run [options] -- CMD [ARGS...])")
+    if args.ip and not args.net:
+        parser().error("--ip configures the guest's eth0, which only --net gives it")
     try:
         with Guest(block=args.block, console=args.console, net=args.net, ip=args.ip,
                    mem=args.mem, timeout=args.timeout, backend=args.backend) as guest:
