@@ -19,7 +19,6 @@
 import errno
 import logging
 import struct
-import threading
 
 from ..virtio import F_RING_INDIRECT_DESC, ID_FS, bit
 from . import fuse_wire as W
@@ -39,6 +38,7 @@ VALID_SECONDS = 1.0
 # The largest arguments a request other than WRITE may have: two names of PATH_MAX.
 MAX_ARGS = 3 * 4096 + 256
 
+COUNTERS = ("requests", "errors", "enosys", "malformed", "bugs")
 DT_BY_MODE = {0o010000: 1, 0o020000: 2, 0o040000: 4, 0o060000: 6,
               0o100000: 8, 0o120000: 10, 0o140000: 12}
 
@@ -93,11 +93,9 @@ class FsDevice(VirtioDevice):
         self.features = bit(F_RING_INDIRECT_DESC)
         self.config = bytearray(raw.ljust(TAG_SIZE, b"\0") + struct.pack("<I", request_queues))
         self.minor = W.KERNEL_MINOR_VERSION
-        # Counted for tests and diagnostics; the request count without a lock (one
-        # increment per request under the GIL is close enough), the rarer ones with it.
-        self._requests = 0
-        self._stats = {"errors": 0, "enosys": 0, "malformed": 0, "bugs": 0}
-        self._stats_lock = threading.Lock()
+        # Counted for tests and diagnostics, per queue: each queue is served by one
+        # thread at a time, so its counters need no lock.
+        self._counts = [dict.fromkeys(COUNTERS, 0) for _ in self.queue_names]
         self._handlers = {
             W.INIT: self.do_init, W.DESTROY: self.do_destroy,
             W.LOOKUP: self.do_lookup, W.FORGET: self.do_forget,
@@ -121,16 +119,18 @@ class FsDevice(VirtioDevice):
     def process(self, queue_index):
         queue = self.queues[queue_index]
         used = False
+        counts = self._counts[queue_index]
         while (chain := queue.pop()) is not None:
-            queue.push(chain.head, self.serve(chain.readable, chain.writable))
+            queue.push(chain.head, self.serve(chain.readable, chain.writable, counts))
             used = True
         return used
 
-    def serve(self, readable, writable):
-        """Answer one request; return the number of bytes written into `writable`."""
+    def serve(self, readable, writable, counts):
+        """Answer one request; return the number of bytes written into `writable`.
+        counts: the serving queue's counters."""
         total_in = iov_length(readable)
         if total_in < W.IN_HEADER.size:
-            self._count("malformed")
+            counts["malformed"] += 1
             return 0                      # not even a unique id to answer to
         # Requests but WRITE are small: one copy of the whole readable part. A WRITE's
         # header is copied and its data left in guest memory for pwritev.
@@ -141,61 +141,58 @@ class FsDevice(VirtioDevice):
             raw, data = iov_take(readable, W.IN_HEADER.size + W.WRITE_IN.size)
         header = W.IN_HEADER.unpack_from(raw)
         length, opcode, unique = header[0], header[1], header[2]
-        self._requests += 1
+        counts["requests"] += 1
         out = iov_skip(writable, W.OUT_HEADER.size)
         if length != total_in:
             reply = -errno.EINVAL
-            self._count("malformed")
+            counts["malformed"] += 1
         elif opcode == W.WRITE and not data:
             raw, data = iov_take(readable, W.IN_HEADER.size + W.WRITE_IN.size)
-            reply = self._dispatch(header, opcode, raw[W.IN_HEADER.size:], data, out)
+            reply = self._dispatch(header, opcode, raw[W.IN_HEADER.size:], data, out, counts)
         elif data and opcode != W.WRITE:
-            self._count("malformed")
+            counts["malformed"] += 1
             reply = -errno.EINVAL         # arguments too long for anything but WRITE
         else:
-            reply = self._dispatch(header, opcode, raw[W.IN_HEADER.size:], data, out)
+            reply = self._dispatch(header, opcode, raw[W.IN_HEADER.size:], data, out, counts)
         if reply is None or iov_length(writable) < W.OUT_HEADER.size:
             return 0                      # FORGET: no reply (or nowhere to put one)
         if isinstance(reply, int) and reply < 0:
-            self._count("errors")
+            counts["errors"] += 1
             return write_reply(writable, unique, reply, b"")
         if isinstance(reply, int):        # READ: the data is already in `out`
             return write_header(writable, unique, 0, reply)
         if len(reply) > iov_length(out):
-            self._count("errors")
+            counts["errors"] += 1
             return write_reply(writable, unique, -errno.EIO, b"")
         return write_reply(writable, unique, 0, reply)
 
-    def _dispatch(self, header, opcode, args, data, out):
+    def _dispatch(self, header, opcode, args, data, out, counts):
         handler = self._handlers.get(opcode)
         if handler is None:
-            self._count("enosys")
+            counts["enosys"] += 1
             return -errno.ENOSYS
         try:
             return handler(Request(header, args, data, out))
         except BadRequest as e:
-            self._count("malformed")
+            counts["malformed"] += 1
             log.info("%s: malformed request: %s", self.name, e)
             return -errno.EINVAL
         except OSError as e:
             return -(e.errno or errno.EIO)
         except (ValueError, OverflowError, KeyError) as e:
             # e.g. a name with a NUL the os module refuses, an offset past 2**63.
-            self._count("malformed")
+            counts["malformed"] += 1
             log.info("%s: %s refused: %s", self.name, W.OPCODE_NAMES.get(opcode), e)
             return -errno.EINVAL
         except Exception:
-            self._count("bugs")
+            counts["bugs"] += 1
             log.exception("%s: %s failed", self.name, W.OPCODE_NAMES.get(opcode))
             return -errno.EIO
 
-    def _count(self, key):
-        with self._stats_lock:
-            self._stats[key] += 1
-
     @property
     def stats(self):
-        return dict(self._stats, requests=self._requests)
+        """The counters of every queue, added up."""
+        return {key: sum(c[key] for c in self._counts) for key in COUNTERS}
 
     # -- session ---------------------------------------------------------------------------
     def do_init(self, req):
