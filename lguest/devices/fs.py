@@ -386,7 +386,8 @@ class FsDevice(VirtioDevice):
         # With READDIRPLUS each entry also carries a lookup (and its nlookup count), so
         # only entries that fit are looked up: one the kernel never sees must not be
         # counted, or its inode could never be forgotten. "." and ".." go with node id
-        # 0, which the kernel skips rather than caches.
+        # 0, which the kernel lists but does not cache; so does an entry we could not
+        # look up just now (out of file descriptors, say): the kernel asks again later.
         fh, offset, size, *_ = req.body(W.READ_IN)
         room = min(size, iov_length(req.out))
         reply = bytearray()
@@ -395,14 +396,19 @@ class FsDevice(VirtioDevice):
             if len(reply) + need > room:
                 break
             if plus:
-                if name in (b".", b".."):
+                found = None
+                if name not in (b".", b".."):
+                    try:
+                        found = self.fs.lookup(self.fs.dir_node(fh), name)
+                    except FileNotFoundError:
+                        continue          # gone since the listing: skip it
+                    except OSError:
+                        pass              # e.g. out of fds: listed, looked up later
+                if found is None:
                     reply += bytes(W.ENTRY_OUT_SIZE)
                 else:
-                    try:
-                        nodeid, st = self.fs.lookup(self.fs.dir_node(fh), name)
-                    except OSError:
-                        continue          # gone since the listing: skip it
-                    reply += self.entry((nodeid, st))
+                    reply += self.entry(found)
+                    st = found[1]
                     ino, kind = st.st_ino, DT_BY_MODE.get(st.st_mode & 0o170000, 0)
             reply += W.pack_dirent(ino, next_offset, kind, name)
         return bytes(reply)

@@ -17,6 +17,7 @@
 import ctypes
 import errno
 import os
+import resource
 import stat
 import threading
 import time
@@ -86,6 +87,24 @@ def open_beneath(dirfd, name, flags, mode=0):
 
 
 OPEN_HOW_SIZE = ctypes.sizeof(OpenHow)
+
+
+def raise_fd_limit(ceiling=1 << 20):
+    """Every inode the guest holds is an fd of ours: let the server have as many as the
+    system allows (as virtiofsd does), not the usual soft limit of 1,024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard
+    if os.geteuid() == 0:
+        try:
+            with open("/proc/sys/fs/nr_open") as f:
+                want = max(hard, min(int(f.read()), ceiling))
+        except (OSError, ValueError):
+            pass
+    if want > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(want, hard)))
+        except (OSError, ValueError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def check_name(name):

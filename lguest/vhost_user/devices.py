@@ -57,7 +57,8 @@ def block(spec, name="vda"):
 def fs(path, tag, read_only=False):
     """A host directory as a virtio-fs device (L:391)."""
     from ..devices.fs import FsDevice
-    from ..host.fs import SharedDirectory
+    from ..host.fs import SharedDirectory, raise_fd_limit
+    raise_fd_limit()
     try:
         shared = SharedDirectory(path, read_only=read_only)
     except OSError as e:

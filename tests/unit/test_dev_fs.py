@@ -191,3 +191,20 @@ def test_files_made_as_root_belong_to_the_requesting_user(share):
         assert (st.st_uid, st.st_gid) == (1234, 5678), name
     c.close()
     assert (os.getuid(), os.getgid()) == (0, 0)
+
+
+def test_readdirplus_lists_every_entry_even_out_of_file_descriptors(client, share):
+    import resource
+    for i in range(60):
+        (share / f"n{i:02d}").write_bytes(b"")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    in_use = len(os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + 12, hard))
+    try:
+        plus = client.readdir(1, plus=True, size=1 << 16)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    names = {n for n, _, _ in plus}
+    assert names == {f"n{i:02d}".encode() for i in range(60)} | {b".", b".."}
+    unresolved = [n for n, _, node in plus if node == 0 and n not in (b".", b"..")]
+    assert unresolved                        # some could not be looked up, and were listed

@@ -70,3 +70,16 @@ def test_front_end_reads_the_tag_byte_by_byte_and_gets_answers(tmp_path):
         stop.set()
         thread.join(5)
     assert not thread.is_alive() and not os.path.exists(sock)
+
+
+def test_serving_a_directory_raises_the_soft_fd_limit():
+    import resource
+    import subprocess
+    import sys
+    code = ("import resource; from lguest.host.fs import raise_fd_limit; raise_fd_limit(); "
+            "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])")
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    low = lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))  # noqa: E731
+    out = subprocess.run([sys.executable, "-c", code], preexec_fn=low, capture_output=True,
+                         text=True, check=True).stdout
+    assert int(out) >= hard > 256
