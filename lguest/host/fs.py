@@ -378,10 +378,16 @@ class SharedDirectory:
         return (flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_NOFOLLOW)) | os.O_CLOEXEC
 
     def open(self, nodeid, flags):
+        #L:394 Only regular files are opened here. The guest's kernel opens its own
+        # devices, FIFOs and sockets for special inodes and never sends OPEN for them;
+        # a guest that did would have us open a *host* device (a node it made with
+        # MKNOD), or block forever on a FIFO with no writer.
         inode = self._inode(nodeid)
         mode = os.fstat(inode.fd).st_mode
         if stat.S_ISLNK(mode):
             raise OSError(errno.ELOOP, "open of a symlink")
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EPERM, "only regular files are opened through the share")
         fd = os.open(proc_path(inode.fd), self._io_flags(flags) | os.O_NOCTTY)
         return self._new_handle(fd, None, nodeid)
 
@@ -390,9 +396,16 @@ class SharedDirectory:
         pfd = self._dir(parent).fd
         check_name(name)
         perm = stat.S_IMODE(mode)
+        # Without O_EXCL the name may already be a FIFO or a device (L:394): open
+        # without blocking, look, and refuse anything but a regular file.
+        io_flags = self._io_flags(flags)
         fd = self._as_caller(caller, lambda: open_beneath(
-            pfd, name, self._io_flags(flags) | os.O_CREAT, perm))
+            pfd, name, io_flags | os.O_CREAT | os.O_NONBLOCK | os.O_NOCTTY, perm))
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EPERM, "only regular files are opened through the share")
+            if not io_flags & os.O_NONBLOCK:
+                os.set_blocking(fd, True)
             nodeid, st = self._made(pfd, name, perm if self.umask & perm else None)
         except OSError:
             os.close(fd)

@@ -217,3 +217,22 @@ def test_well_framed_random_arguments_never_escape_or_crash(world, opcode, nodei
     assert c.getattr(1).error == 0
     assert c.dev.stats["bugs"] == 0
     assert outside_of(top, share) == before
+
+
+def test_special_files_are_never_opened_on_the_host(world):
+    """A FIFO would hang the server; a device node the guest made would open a host
+    device. Neither is opened: the guest's kernel opens its own special files."""
+    c, share, _ = world
+    os.mkfifo(share / "fifo")
+    fifo = c.node(b"fifo")
+    assert c.open(fifo, os.O_WRONLY)[0].error == -errno.EPERM
+    # (a FIFO without a reader refuses a non-blocking writer by itself: ENXIO)
+    assert c.create(b"fifo", flags=os.O_WRONLY | os.O_CREAT)[0].error in (-errno.EPERM,
+                                                                         -errno.ENXIO)
+    assert c.create(b"fifo", flags=os.O_RDONLY | os.O_CREAT)[0].error == -errno.EPERM
+    if os.geteuid() == 0:
+        import stat as st_mod
+        r = c.call(W.MKNOD, 1, W.MKNOD_IN.pack(st_mod.S_IFBLK | 0o600, os.makedev(7, 0), 0, 0)
+                   + b"loop0\0")
+        assert r.error == 0
+        assert c.open(r.entry()[0], os.O_RDONLY)[0].error == -errno.EPERM
