@@ -9,13 +9,17 @@
 # the command's own exit status. What is not the command's doing gets a status of its
 # own and one line on stderr: 124 when the timeout stopped the guest (as timeout(1)),
 # 125 when the guest died without reporting one (a kernel panic), 1 for a bad option
-# or host problem, 130 after ^C. Every path out goes through the context managers, so
-# UML is killed and the sockets and the temp directory are removed whichever way we go.
+# or host problem, 130 after ^C, 143 after SIGTERM (which unwinds as ^C does), 141
+# when our reader left (lguest/cli.py). Every path out goes through the context
+# managers, so UML is killed and the sockets and the temp directory are removed
+# whichever way we go.
 """
 
 import argparse
 import os
+import signal
 import sys
+import threading
 
 from ..errors import LauncherError
 from .guest import Guest, GuestFailed, GuestTimeout
@@ -23,6 +27,15 @@ from .guest import Guest, GuestFailed, GuestTimeout
 EXIT_TIMEOUT = 124
 EXIT_GUEST_FAILED = 125
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 128 + signal.SIGTERM
+
+
+class Terminated(Exception):
+    """SIGTERM arrived: unwind like ^C, so UML and the temp directory go with us."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
 # The kit's guest (kernel, initramfs unpacked into RAM, modules) does not boot in less:
 # at 40 MiB UML panics ("System is deadlocked on memory"), 48 MiB boots.
 MIN_MEM_MB = 48
@@ -93,6 +106,8 @@ def main(argv=None):
         parser().error("no command given (lguest run [options] -- CMD [ARGS...])")
     if args.ip and not args.net:
         parser().error("--ip configures the guest's eth0, which only --net gives it")
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
         with Guest(block=args.block, console=args.console, net=args.net, ip=args.ip,
                    mem=args.mem, timeout=args.timeout, backend=args.backend) as guest:
@@ -113,3 +128,9 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("lguest run: interrupted; guest stopped", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Terminated:
+        print("lguest run: terminated; guest stopped", file=sys.stderr)
+        return EXIT_TERMINATED
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)

@@ -41,3 +41,26 @@ def test_run_into_head_ends_quietly_and_leaves_nothing(uml):
         assert leftover.stdout == b""                        # UML stopped, not waited out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_sigterm_stops_the_guest_and_cleans_up(uml):
+    import signal
+    import time
+    tmp = tempfile.mkdtemp(prefix="lgt-", dir="/tmp")
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lguest", "run", "--", "sh", "-c", "echo up; sleep 60"],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=dict(os.environ, TMPDIR=tmp))
+        assert proc.stdout.readline() == b"up\n"               # the guest is running
+        assert subprocess.run(["pgrep", "-f", f"uml_dir={tmp}"], capture_output=True).stdout
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(30)
+        err = proc.stderr.read().decode()
+        assert rc == 143 and "Traceback" not in err and "terminated" in err, err
+        assert time.monotonic() - started < 10                # not the sleep waited out
+        assert subprocess.run(["pgrep", "-f", f"uml_dir={tmp}"], capture_output=True).stdout == b""
+        assert os.listdir(tmp) == []
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
