@@ -208,3 +208,49 @@ def test_readdirplus_lists_every_entry_even_out_of_file_descriptors(client, shar
     assert names == {f"n{i:02d}".encode() for i in range(60)} | {b".", b".."}
     unresolved = [n for n, _, node in plus if node == 0 and n not in (b".", b"..")]
     assert unresolved                        # some could not be looked up, and were listed
+
+
+def test_a_large_write_keeps_its_data_in_guest_memory_and_lands_whole(client, share):
+    _, node, fh = client.create(b"large")
+    data = bytes(range(256)) * 256                    # 64 KiB: more than any other request
+    r = client.write(node, fh, 4096, data)
+    assert r.error == 0 and W.WRITE_OUT.unpack_from(r.body)[0] == len(data)
+    assert (share / "large").read_bytes() == bytes(4096) + data
+
+
+def test_oversized_arguments_and_replies_that_do_not_fit(client):
+    assert client.call(W.LOOKUP, 1, b"x" * 20000 + b"\0").error == -errno.EINVAL
+    r = client.call(W.GETATTR, 1, W.GETATTR_IN.pack(0, 0, 0), out_size=40)
+    assert r.error == -errno.EIO                     # a 104-byte attr_out in 24 bytes of room
+
+
+def test_surprises_in_the_host_side_are_eio_and_counted(client, monkeypatch):
+    def broken(*args):
+        raise RuntimeError("a bug")
+    monkeypatch.setattr(client.fs, "getattr", broken)
+    assert client.getattr(1).error == -errno.EIO
+    assert client.dev.stats["bugs"] == 1
+    monkeypatch.setattr(client.fs, "statfs", lambda n: (_ for _ in ()).throw(ValueError("x")))
+    assert client.call(W.STATFS, 1).error == -errno.EINVAL
+
+
+def test_chown_touch_now_fsyncdir_and_a_name_gone_from_the_listing(client, share):
+    _, node, fh = client.create(b"f")
+    valid = W.FATTR_UID | W.FATTR_ATIME | W.FATTR_ATIME_NOW | W.FATTR_MTIME | W.FATTR_MTIME_NOW
+    uid = os.getuid()
+    r = client.call(W.SETATTR, node, W.SETATTR_IN.pack(valid, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                                         0, 0, uid, 0, 0))
+    assert r.error == 0
+    st = os.stat(share / "f")
+    assert st.st_uid == uid and abs(st.st_mtime - __import__("time").time()) < 60
+    r = client.call(W.OPENDIR, 1, W.OPEN_IN.pack(0, 0))
+    dfh = W.OPEN_OUT.unpack_from(r.body)[0]
+    assert client.call(W.FSYNCDIR, 1, W.FSYNC_IN.pack(dfh, 0, 0)).error == 0
+    # list (snapshot at offset 0), then remove a name before READDIRPLUS reaches it
+    first = client.call(W.READDIRPLUS, 1, W.READ_IN.pack(dfh, 0, 200, 0, 0, 0, 0), out_size=216)
+    assert first.error == 0
+    os.unlink(share / "f")
+    assert len(first.body) == W.ENTRY_OUT_SIZE + W.dirent_size(b".")     # "." only fitted
+    rest = client.call(W.READDIRPLUS, 1, W.READ_IN.pack(dfh, 1, 4096, 0, 0, 0, 0))
+    assert rest.error == 0                           # "..", and "f" skipped: it is gone
+    assert len(rest.body) == W.ENTRY_OUT_SIZE + W.dirent_size(b"..")
