@@ -46,13 +46,18 @@ DT_BY_MODE = {0o010000: 1, 0o020000: 2, 0o040000: 4, 0o060000: 6,
 class Request:
     """One parsed FUSE request: header fields, argument bytes, and the chain's buffers."""
 
-    __slots__ = ("opcode", "unique", "nodeid", "uid", "gid", "pid", "args", "data", "out")
+    __slots__ = ("opcode", "unique", "nodeid", "uid", "gid", "pid", "args", "data", "writable")
 
-    def __init__(self, header, args, data, out):
+    def __init__(self, header, args, data, writable):
         _, self.opcode, self.unique, self.nodeid, self.uid, self.gid, self.pid, _, _ = header
         self.args = args          # bytes after the header (for WRITE, only write_in)
         self.data = data          # WRITE: the data buffers (memoryviews); else []
-        self.out = out            # the writable buffers after the out header's 16 bytes
+        self.writable = writable  # the chain's writable buffers, out header first
+
+    @property
+    def out(self):
+        """The writable buffers after the out header: where READ's data goes."""
+        return iov_skip(self.writable, W.OUT_HEADER.size)
 
     def body(self, layout):
         """Unpack the fixed struct at the start of the arguments; BadRequest if short."""
@@ -142,37 +147,37 @@ class FsDevice(VirtioDevice):
         header = W.IN_HEADER.unpack_from(raw)
         length, opcode, unique = header[0], header[1], header[2]
         counts["requests"] += 1
-        out = iov_skip(writable, W.OUT_HEADER.size)
         if length != total_in:
             reply = -errno.EINVAL
             counts["malformed"] += 1
         elif opcode == W.WRITE and not data:
             raw, data = iov_take(readable, W.IN_HEADER.size + W.WRITE_IN.size)
-            reply = self._dispatch(header, opcode, raw[W.IN_HEADER.size:], data, out, counts)
+            reply = self._dispatch(header, opcode, raw[W.IN_HEADER.size:], data, writable, counts)
         elif data and opcode != W.WRITE:
             counts["malformed"] += 1
             reply = -errno.EINVAL         # arguments too long for anything but WRITE
         else:
-            reply = self._dispatch(header, opcode, raw[W.IN_HEADER.size:], data, out, counts)
-        if reply is None or iov_length(writable) < W.OUT_HEADER.size:
+            reply = self._dispatch(header, opcode, raw[W.IN_HEADER.size:], data, writable, counts)
+        room = iov_length(writable) - W.OUT_HEADER.size
+        if reply is None or room < 0:
             return 0                      # FORGET: no reply (or nowhere to put one)
         if isinstance(reply, int) and reply < 0:
             counts["errors"] += 1
             return write_reply(writable, unique, reply, b"")
-        if isinstance(reply, int):        # READ: the data is already in `out`
+        if isinstance(reply, int):        # READ: the data is already in place
             return write_header(writable, unique, 0, reply)
-        if len(reply) > iov_length(out):
+        if len(reply) > room:
             counts["errors"] += 1
             return write_reply(writable, unique, -errno.EIO, b"")
         return write_reply(writable, unique, 0, reply)
 
-    def _dispatch(self, header, opcode, args, data, out, counts):
+    def _dispatch(self, header, opcode, args, data, writable, counts):
         handler = self._handlers.get(opcode)
         if handler is None:
             counts["enosys"] += 1
             return -errno.ENOSYS
         try:
-            return handler(Request(header, args, data, out))
+            return handler(Request(header, args, data, writable))
         except BadRequest as e:
             counts["malformed"] += 1
             log.info("%s: malformed request: %s", self.name, e)
@@ -454,5 +459,15 @@ def write_header(writable, unique, error, payload_length):
 
 
 def write_reply(writable, unique, error, payload):
+    total = W.OUT_HEADER.size + len(payload)
+    header = W.OUT_HEADER.pack(total, error, unique)
+    first = writable[0]
+    if first.nbytes == W.OUT_HEADER.size and (not payload or writable[1].nbytes >= len(payload)):
+        # The usual shape (Linux puts the out header in a buffer of its own): two copies.
+        first[:] = header
+        if payload:
+            writable[1][:len(payload)] = payload
+        return total
     write_into(iov_skip(writable, W.OUT_HEADER.size), payload)
-    return write_header(writable, unique, error, len(payload))
+    write_into(writable, header)
+    return total
