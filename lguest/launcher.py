@@ -109,6 +109,11 @@ def _load(config, memory, backend):
     profile = getattr(backend, "boot_profile", "lguest" if backend.name in ("lguest", "fake") else "pc")
     setup = prepare_boot(memory, config.kernel, config.cmdline, config.initrd, profile=profile)
     entry = setup.entry32 if profile == "lguest" else (setup.entry64 or setup.entry32)
+    if entry is None:
+        # An lguest guest starts in 32-bit protected mode; an ELF64 vmlinux has only a
+        # 64-bit entry point (KVM's "pc" profile can start it).
+        raise LauncherError(f"{config.kernel}: a 64-bit ELF kernel, and the {backend.name} "
+                            "backend boots 32-bit kernels only (an i386 vmlinux or a bzImage)")
     return entry, setup.zero_page
 
 

@@ -17,6 +17,7 @@ ID_NET = 1
 ID_BLOCK = 2
 ID_CONSOLE = 3
 ID_RNG = 4
+ID_FS = 26
 
 # 6: Reserved feature bits common to all devices.
 F_NOTIFY_ON_EMPTY = 24

@@ -53,6 +53,8 @@ exec 2>/dev/tty2
 for m in $(cat /lib/modules/load-order); do
   insmod /lib/modules/$m.ko || echo "lguest init: insmod $m failed" >&2
 done
+# Loaded, the module files would only take up guest RAM (the root is in memory).
+rm -f /lib/modules/*.ko
 for d in $(echo "$lguest_wait" | tr , ' '); do
   n=0
   while [ ! -e /dev/$d ] && [ ! -e /sys/class/net/$d ] && [ $n -lt 100 ]; do

@@ -7,6 +7,7 @@
 #   lguest vhost-user --socket=/tmp/a.sock --socket=/tmp/b.sock --net=pair
 #   lguest vhost-user --socket=/tmp/con.sock --console
 #   lguest vhost-user --socket=/tmp/rng.sock --rng
+#   lguest vhost-user --socket=/tmp/fs.sock --fs=DIR --tag=TAG [--ro]
 #
 # then, e.g., `linux.uml ... virtio_uml.device=/tmp/blk.sock:2`, or QEMU's
 # `-chardev socket,id=c0,path=/tmp/blk.sock -device vhost-user-blk-pci,chardev=c0`
@@ -42,6 +43,10 @@ def parse_args(argv):
     kind.add_argument("--net", metavar="tap:NAME[:IP]|pair", help="a network card")
     kind.add_argument("--console", action="store_true", help="a console on our stdin/stdout")
     kind.add_argument("--rng", action="store_true", help="an entropy source (/dev/urandom)")
+    kind.add_argument("--fs", metavar="DIR", help="a host directory, as virtio-fs "
+                      "(in the guest: mount -t virtiofs TAG /mnt)")
+    p.add_argument("--tag", help="the virtio-fs tag the guest mounts by (with --fs)")
+    p.add_argument("--ro", action="store_true", help="with --fs: refuse every write (EROFS)")
     p.add_argument("--mac", help="the net device's MAC address")
     p.add_argument("--no-isolate", dest="isolate", action="store_false",
                    help="serve each front-end in this process instead of a forked child "
@@ -49,6 +54,10 @@ def parse_args(argv):
                         "its memory file: SIGBUS, ends only that session, logged in one line)")
     p.add_argument("--verbose", "-v", action="store_true", help="log each connection and error")
     args = p.parse_args(argv)
+    if args.fs and not args.tag:
+        p.error("--fs needs --tag (the name the guest mounts it by)")
+    if (args.tag or args.ro) and not args.fs:
+        p.error("--tag and --ro go with --fs")
     wanted = 2 if args.net == "pair" else 1
     if len(args.socket) != wanted:
         p.error(f"this device needs {wanted} --socket path(s), not {len(args.socket)}")
@@ -64,6 +73,8 @@ def build(args):
         return [devices.net_tap(args.net, mac=args.mac)]
     if args.console:
         return [devices.console()]
+    if args.fs:
+        return [devices.fs(args.fs, args.tag, read_only=args.ro)]
     return [devices.rng()]
 
 

@@ -17,8 +17,8 @@ import sim  # noqa: E402
 
 
 def test_every_section_module_imports():
-    import blk, boot, console, kvm, net, suite, lguest_host, lguest_traps, seed_launcher  # noqa: F401
-    assert set(suite.SECTIONS) >= {"blk", "boot", "console", "net", "kvm", "sim", "memory",
+    import blk, boot, console, fs, fs_relay, kvm, net, suite, lguest_host, lguest_traps, seed_launcher  # noqa: F401
+    assert set(suite.SECTIONS) >= {"blk", "boot", "console", "net", "fs", "kvm", "sim", "memory",
                                    "lguest-host"}
 
 
