@@ -17,8 +17,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import bench_kit, compile_c  # noqa: E402
 
-from lguest.uml import process, servers  # noqa: E402
-from lguest.vhost_user import devices, rings  # noqa: E402
+from lguest import virtio  # noqa: E402
+from lguest.uml import process  # noqa: E402
+from lguest.vhost_user import rings, served as devices  # noqa: E402
 from lguest.vhost_user.server import VhostUserServer  # noqa: E402
 
 profiles = []
@@ -47,7 +48,7 @@ def main(argv):
         try:
             out = process.boot(kit, "/bin/blkbench /dev/vda " + " ".join(sizes), d, timeout=120,
                                on_stdout=lambda b: sys.stdout.write(b.decode()),
-                               devices=[(sock, servers.VIRTIO_ID_BLOCK)], wait=["vda"])
+                               devices=[(sock, virtio.ID_BLOCK)], wait=["vda"])
         finally:
             server.close()
             server.backend.close()

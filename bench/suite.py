@@ -4,9 +4,11 @@
 
 Sections (each a module in bench/): blk (vhost-user-blk vs qemu-storage-daemon),
 boot (`lguest run -- true` vs plain UML), console (virtio console vs UML's own),
-net (vhost-user net over a tap vs UML's tuntap),
+net (vhost-user net over a tap vs UML's tuntap), fs (our virtio-fs vs virtiofsd),
 kvm (Python exit round trips vs a C loop; ioeventfd kicks), sim (fake backend driver
-operations), memory (RSS beyond guest RAM; measured during blk and boot).
+operations), memory (RSS beyond guest RAM; measured during blk and boot), lguest-host
+(our launcher vs the seed's C launcher on a real lguest host under QEMU; runs when the
+lguest host kernel is there, says why not otherwise).
 --results rewrites bench/RESULTS.md's latest table with this run's.
 """
 
@@ -21,7 +23,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import HERE, ROOT, Row, say, table  # noqa: E402
 
-SECTIONS = ("blk", "boot", "console", "net", "kvm", "sim", "memory")
+SECTIONS = ("blk", "boot", "console", "net", "fs", "kvm", "sim", "memory", "lguest-host")
+MODULES = {"lguest-host": "lguest_host"}      # section name -> bench module, where they differ
 
 
 def machine():
@@ -69,11 +72,11 @@ def main(argv=None):
         boot_rows, rss["launcher"] = boot.measure(runs, args.quick)
         if "boot" in wanted:
             rows += boot_rows
-    for name in ("console", "net", "kvm", "sim"):
+    for name in ("console", "net", "fs", "kvm", "sim", "lguest-host"):
         if name not in wanted:
             continue
         try:
-            rows += __import__(name).measure(runs, args.quick)
+            rows += __import__(MODULES.get(name, name)).measure(runs, args.quick)
         except (Exception, SystemExit) as e:    # one broken section must not lose the rest
             say(f"{name}: section failed: {e!r}")
             rows.append(Row(name, f"section failed: {str(e)[:120]}", 0, None, "", ""))

@@ -20,7 +20,7 @@ import sys
 import traceback
 
 from . import privileges
-from .config import DeviceSpec, LaunchConfig
+from .config import DeviceSpec, LaunchConfig, format_mac, parse_block, parse_ip, parse_mac
 from .errors import GuestError, LauncherError
 
 BRIDGE_PFX = "bridge:"
@@ -53,7 +53,7 @@ class UsageError(LauncherError):
 
 
 def help_text():
-    from .cli import SUBCOMMANDS
+    from .subcommands import SUBCOMMANDS
     lines = [USAGE, "", "Boot a Linux guest in <mem-in-mb> megabytes of memory with virtio-PCI devices;",
              "the console (device 1) is always there, other devices follow in command-line order.",
              "", "Options:"]
@@ -63,23 +63,6 @@ def help_text():
     return "\n".join(lines) + "\n"
 
 
-def parse_ip(text):
-    #L:955 str2ip(): four decimal numbers separated by dots, each a byte (the seed's
-    # sscanf("%u.%u.%u.%u") let 300.1.1.1 through; we do not).
-    parts = text.split(".")
-    if len(parts) != 4 or not all(p.isdigit() and int(p) <= 255 for p in parts):
-        raise LauncherError(f"Failed to parse IP address '{text}'")
-    return text
-
-
-def parse_mac(text):
-    parts = text.split(":")
-    if len(parts) != 6 or not all(len(p) == 2 and all(c in "0123456789abcdefABCDEF" for c in p)
-                                  for p in parts):
-        raise LauncherError(f"Failed to parse mac address '{text}'")
-    return text.lower()
-
-
 def parse_tunnet(arg):
     #L:957 --tunnet=<ip>[:<mac>] or --tunnet=bridge:<name>[:<mac>], as setup_tun_net():
     # strip the "bridge:" prefix, then a MAC address may follow the first colon; what is
@@ -87,7 +70,7 @@ def parse_tunnet(arg):
     bridging = arg.startswith(BRIDGE_PFX)
     rest = arg[len(BRIDGE_PFX):] if bridging else arg
     name, colon, mac = rest.partition(":")
-    spec = DeviceSpec("net", mac=parse_mac(mac) if colon else None)
+    spec = DeviceSpec("net", mac=format_mac(parse_mac(mac)) if colon else None)
     if bridging:
         if not name:
             raise LauncherError("must specify bridge name")
@@ -95,15 +78,14 @@ def parse_tunnet(arg):
             raise LauncherError(f"bad bridge name '{name}'")
         spec.bridge = name
     else:
-        spec.ip = parse_ip(name)
+        parse_ip(name)
+        spec.ip = name
     return spec
 
 
-def parse_block(arg):
-    read_only = arg.endswith(",ro")
-    path = arg[:-len(",ro")] if read_only else arg
-    if not path:
-        raise LauncherError("--block needs a file name")
+def block_spec(arg):
+    """--block=FILE[,ro]: one syntax everywhere (L:952)."""
+    path, read_only = parse_block(arg)
     return DeviceSpec("block", path=path, read_only=read_only)
 
 
@@ -152,7 +134,7 @@ def _apply_option(opt, value, devices, settings):
     elif opt == "--tunnet":
         devices.append(parse_tunnet(value))
     elif opt == "--block":
-        devices.append(parse_block(value))
+        devices.append(block_spec(value))
     elif opt == "--rng":
         devices.append(DeviceSpec("rng"))
     elif opt == "--initrd":

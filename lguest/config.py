@@ -1,17 +1,68 @@
-"""What the command line asks for, as data: the launcher is built from this."""
+"""What the command line asks for, as data, and the one parser of each option syntax.
 
+#L:952 Every way in (the classic command line, `lguest run`, `lguest vhost-user`, the
+# Guest API) spells a device's options the same way, so each spelling is parsed here,
+# once, with one set of rules: an IPv4 address is four decimal numbers of ASCII digits,
+# each a byte ("1_0", which Python's int() takes, is not one); a MAC address is six
+# parts of one or two hex digits; a block file is FILE or FILE,ro or FILE,rw.
+"""
+
+import re
 from dataclasses import dataclass, field
+
+from .errors import LauncherError
+
+_DECIMAL = re.compile(r"[0-9]+")
+_HEX_BYTE = re.compile(r"[0-9a-fA-F]{1,2}")
+BLOCK_OPTIONS = ("ro", "rw")
+
+
+def parse_ip(text):
+    """The seed's str2ip(): "10.0.0.1" -> its 4 bytes; LauncherError otherwise."""
+    #L:955 str2ip(): four decimal numbers separated by dots, each a byte (the seed's
+    # sscanf("%u.%u.%u.%u") let 300.1.1.1 through; we do not).
+    parts = text.split(".")
+    if len(parts) != 4 or not all(_DECIMAL.fullmatch(p) and int(p) <= 255 for p in parts):
+        raise LauncherError(f"Failed to parse IP address '{text}'")
+    return bytes(int(p) for p in parts)
+
+
+def parse_mac(text):
+    """The seed's str2mac(): "52:54:00:12:34:56" -> its 6 bytes; LauncherError otherwise."""
+    parts = text.split(":")
+    if len(parts) != 6 or not all(_HEX_BYTE.fullmatch(p) for p in parts):
+        raise LauncherError(f"Failed to parse mac address '{text}'")
+    return bytes(int(p, 16) for p in parts)
+
+
+def format_mac(mac):
+    """6 bytes -> "52:54:00:12:34:56"."""
+    return ":".join(f"{b:02x}" for b in mac)
+
+
+def parse_block(text):
+    """--block=FILE[,ro|,rw] -> (path, read_only)."""
+    path, comma, option = text.partition(",")
+    if comma and option not in BLOCK_OPTIONS:
+        raise LauncherError(f"--block={text}: the only options are ,ro and ,rw")
+    if not path:
+        raise LauncherError("--block needs a file name")
+    return path, option == "ro"
 
 
 @dataclass
 class DeviceSpec:
     """One device from the command line, in command-line order (console is always first)."""
-    kind: str                      # "console", "block", "rng", "net"
+    kind: str                      # a key of lguest.host.factory.DEVICE_KINDS
     path: str = None               # block: image file
     read_only: bool = False        # block: --block=FILE,ro
     ip: str = None                 # net: host-end IPv4 address
     bridge: str = None             # net: bridge name instead of an address
     mac: str = None                # net: guest MAC address
+    tap: str = None                # net: the tap interface's name (None: a new tap%d)
+    name: str = None               # the device's name in logs (None: its kind's default)
+    sectors: int = None            # block over an in-memory disk: its size (simulations)
+    queues: int = 1                # block: request queues (VIRTIO_BLK_F_MQ past 1)
 
 
 @dataclass

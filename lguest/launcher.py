@@ -68,30 +68,26 @@ class PrefixSink:
             self.partial = ""
 
 
-def _fake_device(spec, out):
-    """Devices for the simulated guest: served inline (deterministic), console to `out`."""
+def _host_devices(specs, fake, out, on_error):
+    """The factory's devices (L:940) for the PCI bus, each with its runner. The simulated
+    guest's are served inline (deterministic), its console printed to `out`."""
     from .devices.base import InlineRunner
-    from .devices.block import BlockDevice
-    from .devices.console import ConsoleDevice
-    from .devices.rng import RngDevice
-    from .host import HostDevice, build_device
-    from .host.block import FileStore
-    from .host.rng import UrandomSource
-    if spec.kind == "console":
-        sink = PrefixSink(out)
-        return HostDevice(ConsoleDevice(sink), InlineRunner(), [sink], "console")
-    if spec.kind == "block":
-        if not spec.path:
-            raise LauncherError("--block needs a file name")
-        store = FileStore(spec.path, read_only=spec.read_only)
-        device = BlockDevice(store, read_only=spec.read_only, serial=os.path.basename(spec.path)[:20])
-        return HostDevice(device, InlineRunner(), [store], f"block {spec.path}")
-    if spec.kind == "rng":
-        source = UrandomSource()
-        return HostDevice(RngDevice(source), InlineRunner(), [source], "rng")
-    host = build_device(spec, raw_terminal=False)   # net: a real tap, served inline
-    host.runner = InlineRunner()
-    return host
+    from .host import HostDevice
+    from .host.factory import HostResources, make_device
+    from .host.runner import ThreadedRunner
+    resources = HostResources(console_sink=PrefixSink(out)) if fake else HostResources()
+    built = []
+    try:
+        for spec in specs:
+            device = make_device(spec, resources)
+            runner = InlineRunner() if fake else ThreadedRunner(wake_fds=device.wake_fds,
+                                                                on_error=on_error)
+            built.append(HostDevice.from_built(device, runner))
+    except BaseException:
+        for host in built:
+            host.close()
+        raise
+    return built
 
 
 def _devices(config, fake, out, on_error):
@@ -100,19 +96,7 @@ def _devices(config, fake, out, on_error):
     if not any(s.kind == "console" for s in specs):
         specs.insert(0, DeviceSpec("console"))
     specs.sort(key=lambda s: s.kind != "console")     # the console is always device 1
-    built = []
-    try:
-        for spec in specs:
-            if fake:
-                built.append(_fake_device(spec, out))
-            else:
-                from .host import build_device
-                built.append(build_device(spec, on_error=on_error))
-    except BaseException:
-        for host in built:
-            host.close()
-        raise
-    return built
+    return _host_devices(specs, fake, out, on_error)
 
 
 def _load(config, memory, backend):
@@ -125,6 +109,11 @@ def _load(config, memory, backend):
     profile = getattr(backend, "boot_profile", "lguest" if backend.name in ("lguest", "fake") else "pc")
     setup = prepare_boot(memory, config.kernel, config.cmdline, config.initrd, profile=profile)
     entry = setup.entry32 if profile == "lguest" else (setup.entry64 or setup.entry32)
+    if entry is None:
+        # An lguest guest starts in 32-bit protected mode; an ELF64 vmlinux has only a
+        # 64-bit entry point (KVM's "pc" profile can start it).
+        raise LauncherError(f"{config.kernel}: a 64-bit ELF kernel, and the {backend.name} "
+                            "backend boots 32-bit kernels only (an i386 vmlinux or a bzImage)")
     return entry, setup.zero_page
 
 
@@ -135,7 +124,7 @@ def _drop_privileges(config):
 
 
 def _open_backend(config, out, records):
-    from .backends.base import open_backend
+    from .backends.choose import open_backend
     if config.backend == "fake":
         backend = open_backend("fake", log=lambda text: print(f"guest: {text}", file=out, flush=True))
     else:
@@ -204,12 +193,15 @@ def launch(config, *, out=None, reexec=None):
         except _DeviceFailed:
             raise failures[0] if failures else LauncherError("a device thread failed")
     finally:
+        # The devices first: their threads may still be finishing a request and
+        # interrupting the guest, so the backend must outlive them (a real lguest
+        # host showed the race at a reboot: an LHREQ_IRQ on a closed fd).
+        for host in reversed(hosts):
+            host.close()
         if backend is not None:
             backend.close()
             if records:
                 _write_trace(config, records)
-        for host in reversed(hosts):
-            host.close()
         memory.close()
         if previous is not None:
             signal.signal(signal.SIGUSR1, previous)

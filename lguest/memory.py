@@ -160,7 +160,7 @@ class GuestMemory(Memory):
             return
         self._ram.release()
         self._whole.release()
-        del self._anchor
+        self.__dict__.pop("_anchor", None)  # (close may be retried after a BufferError)
         self._map.close()
         self._map = None
 

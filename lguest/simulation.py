@@ -6,41 +6,44 @@ take their entropy from a counter (lguest.devices.inmemory), and they are served
 """
 
 from .backends.fake import FakeBackend
+from .config import DeviceSpec
 from .devices.base import InlineRunner
-from .devices.block import BlockDevice
-from .devices.console import ConsoleDevice
-from .devices.inmemory import BufferSink, CountingEntropy, MemoryStore
-from .devices.rng import RngDevice
+from .devices.inmemory import BufferSink
 from .errors import LauncherError
+from .host.factory import InMemoryResources, make_device
 from .launcher import run_guest
 from .memory import GuestMemory
 from .pci.bus import PciBus
 
+SIMULATED_KINDS = ("console", "block", "rng")
+
+
+def simulated_spec(kind):
+    """"console", "block[:SECTORS][,ro]" or "rng" -> a DeviceSpec over memory."""
+    name, _, opts = kind.partition(":")
+    if name not in SIMULATED_KINDS:
+        raise LauncherError(f"no simulated device {kind!r}")
+    if name != "block":
+        return DeviceSpec(name)
+    sectors, _, ro = opts.partition(",")
+    return DeviceSpec("block", read_only=ro == "ro", sectors=int(sectors or 16))
+
 
 def simulated_devices(kinds, sink=None):
-    """Devices with in-memory resources: "console", "block[:SECTORS][,ro]", "rng"."""
-    devices = []
-    for kind in kinds:
-        name, _, opts = kind.partition(":")
-        if name == "console":
-            devices.append(ConsoleDevice(sink if sink is not None else BufferSink()))
-        elif name == "block":
-            sectors, _, ro = opts.partition(",")
-            data = bytes((i * 7 + i // 512) & 0xFF for i in range(512 * int(sectors or 16)))
-            devices.append(BlockDevice(MemoryStore(data), read_only=ro == "ro", serial="sim"))
-        elif name == "rng":
-            devices.append(RngDevice(CountingEntropy()))
-        else:
-            raise LauncherError(f"no simulated device {kind!r}")
-    return devices
+    """The factory's devices (L:940) over in-memory resources, for `kinds` as above."""
+    resources = InMemoryResources(sink if sink is not None else BufferSink())
+    return [make_device(simulated_spec(kind), resources).device for kind in kinds]
 
 
 def simulate(kinds, *, mem_mb=8, seed=0, scenario=None, record=None, replay=None, log=None,
-             word_size=8):
-    """Run the fake backend on simulated devices; return (exit, bus, backend)."""
+             word_size=8, devices=None):
+    """Run the fake backend on simulated devices; return (exit, bus, backend).
+
+    devices: VirtioDevice objects to use instead of the simulated `kinds` (your own, or
+    ours changed: what a replay then catches)."""
     memory = GuestMemory(mem_mb << 20)
     bus = PciBus(memory)
-    for device in simulated_devices(kinds):
+    for device in simulated_devices(kinds) if devices is None else devices:
         bus.add_device(device, InlineRunner())
     backend = FakeBackend(scenario, seed=seed, log=log, record=record, replay=replay,
                           word_size=word_size)

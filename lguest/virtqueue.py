@@ -20,7 +20,8 @@ import struct
 
 from .errors import GuestError
 from .memory import store
-from .virtio import (DESC_SIZE, F_RING_EVENT_IDX, F_RING_INDIRECT_DESC,
+from .transport_rules import ring_alignment_problem
+from .virtio import (DESC_SIZE, F_RING_EVENT_IDX, F_RING_INDIRECT_DESC, MAX_QUEUE_SIZE,
                      USED_ELEM_SIZE, VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT,
                      VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY, bit)
 
@@ -51,7 +52,6 @@ SEED_RULES = frozenset({
     RULE_AVAIL_FLAGS, RULE_QUEUE_SIZE, RULE_RINGS_OVERLAP, RULE_CHAIN_LENGTH,
 })
 
-MAX_QUEUE_SIZE = 32768      # 2.4: "The maximum Queue Size value is 32768"
 MAX_CHAIN_BYTES = 1 << 32   # 2.7.5: a chain's total length, and what a used len can say
 INDIRECT_MAX = 1024         # entries of an indirect table we take from any ring (L:235)
 
@@ -182,9 +182,10 @@ class Virtqueue:
     def _check_alignment(self):
         # 2.4.1: "The driver MUST ensure that the physical address of the first byte of
         # each virtqueue part is a multiple of the specified alignment value"
-        # (descriptor table 16, available ring 2, used ring 4).
-        if self.desc % 16 or self.avail % 2 or self.used % 4:
-            raise self._error(RULE_ALIGNMENT, f"desc {self.desc:#x} avail {self.avail:#x} used {self.used:#x}")
+        # (L:205: the one set of transport rules).
+        problem = ring_alignment_problem(self.desc, self.avail, self.used)
+        if problem:
+            raise self._error(RULE_ALIGNMENT, problem)
 
     def _check_overlap(self):
         # The used ring is the one part we write. Over the available ring, each push

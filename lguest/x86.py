@@ -174,37 +174,75 @@ def decode_mmio_insn(insn):
 
 # -- registers by encoding number ------------------------------------------------
 
+@dataclass(frozen=True)
+class Operand:
+    """Where an instruction's register operand lives: bits `mask << shift` of the
+    32-bit register `reg` (al is eax's low byte, ah its second, ax its low half)."""
+    reg: str
+    shift: int
+    mask: int
+
+    def read(self, value):
+        """getreg_num(): the operand's value, given its 32-bit register's."""
+        return (value >> self.shift) & self.mask
+
+    def merge(self, old, value):
+        """setreg_num(): the 32-bit register after writing `value` to the operand.
+        Only the operand's bits change; the seed reads the old value to keep the rest."""
+        field = self.mask << self.shift
+        return (old & ~field & 0xFFFFFFFF) | ((value << self.shift) & field)
+
+    @property
+    def whole(self):
+        """True if a write replaces the whole register (its old value is not needed)."""
+        return self.shift == 0 and self.mask == 0xFFFFFFFF
+
+
+def register_operand(regnum, width):
+    """The operand that register number `regnum` is at `width` bytes (4-7 at one byte
+    are the high halves ah, ch, dh, bh)."""
+    if width == 1 and regnum & 4:
+        return Operand(REG_NAMES[regnum & 3], 8, 0xFF)
+    return Operand(REG_NAMES[regnum], 0, MASKS[width])
+
+
+def operand(insn):
+    """The register `insn` moves to or from: %al/%ax/%eax for in/out, the ModRM
+    register for a mov; None for cli."""
+    if insn.kind in ("in", "out"):
+        return Operand("eax", 0, MASKS[insn.width])
+    if insn.kind in ("load", "store"):
+        return register_operand(insn.reg, insn.width)
+    return None
+
+
 def read_register(regs, regnum, width):
     """getreg_num(): the value of register `regnum` at `width` bytes.
 
     `regs` maps 32-bit register names to values. For bytes, 4-7 are the high halves.
     """
-    if width == 1 and regnum & 4:
-        return (regs[REG_NAMES[regnum & 3]] >> 8) & 0xFF
-    return regs[REG_NAMES[regnum]] & MASKS[width]
+    op = register_operand(regnum, width)
+    return op.read(regs[op.reg])
 
 
 def merge_register(regs, regnum, width, value):
-    """setreg_num(): (name, new 32-bit value) after writing `value` at `width` bytes.
-
-    Only the written bits change; the seed reads the old value to keep the rest.
-    """
-    value &= MASKS[width]
-    if width == 1 and regnum & 4:
-        name = REG_NAMES[regnum & 3]
-        return name, (regs[name] & ~0xFF00 & 0xFFFFFFFF) | (value << 8)
-    name = REG_NAMES[regnum]
-    return name, (regs[name] & ~MASKS[width] & 0xFFFFFFFF) | value
+    """setreg_num(): (name, new 32-bit value) after writing `value` at `width` bytes."""
+    op = register_operand(regnum, width)
+    return op.reg, op.merge(regs[op.reg], value)
 
 
 def registers_needed(insn):
-    """Which 32-bit registers the emulation of `insn` reads (what GETREG fetches)."""
-    if insn.kind in ("in", "out"):
-        return ("eax", "edx") if insn.port_in_dx else ("eax",)
-    if insn.kind in ("load", "store"):
-        regnum = insn.reg & 3 if insn.width == 1 else insn.reg
-        return (REG_NAMES[regnum],)
-    return ()
+    """Which 32-bit registers the emulation of `insn` reads (what GETREG fetches),
+    besides xcs for the privilege check and eip to step past it: %edx for a port in
+    %dx, and the operand's register, even when the instruction overwrites all of it
+    (a 32-bit in or load), as the seed did: recorded trap streams (L:560) expect the
+    seed's exact requests."""
+    op = operand(insn)
+    if op is None:
+        return ()
+    needed = ("edx",) if insn.port_in_dx else ()
+    needed += (op.reg,) if op.reg not in needed else ()
+    return needed
 
 
 # -- the encoder: for tests and for the fake guest ---------------------------------

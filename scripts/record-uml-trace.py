@@ -27,9 +27,10 @@ from lguest.devices.block import BlockDevice            # noqa: E402
 from lguest.devices.console import ConsoleDevice        # noqa: E402
 from lguest.devices.inmemory import BufferSink          # noqa: E402
 from lguest.host.block import FileStore                 # noqa: E402
-from lguest.uml import kit, process, servers            # noqa: E402
+from lguest import virtio                              # noqa: E402
+from lguest.uml import kit, process                    # noqa: E402
 from lguest.vhost_user import trace                     # noqa: E402
-from lguest.vhost_user.backend import VhostUserBackend  # noqa: E402
+from lguest.vhost_user.backend import VhostUserTransport  # noqa: E402
 from lguest.vhost_user.server import VhostUserServer    # noqa: E402
 
 DEFAULT_OUT = os.path.join(ROOT, "tests", "data", "uml-boot-block-console.trace.gz")
@@ -56,11 +57,11 @@ def main(argv):
         store = FileStore(disk)
         sink = BufferSink(lambda data: sys.stdout.buffer.write(data))
         recorder = trace.TraceRecorder()
-        backends = [VhostUserBackend(BlockDevice(store, name="vda")),
-                    VhostUserBackend(ConsoleDevice(sink, name="hvc0"))]
+        backends = [VhostUserTransport(BlockDevice(store, name="vda")),
+                    VhostUserTransport(ConsoleDevice(sink, name="hvc0"))]
         running, devices = [], []
-        for backend, (sock, device_id) in zip(backends, (("blk0", servers.VIRTIO_ID_BLOCK),
-                                                         ("console", servers.VIRTIO_ID_CONSOLE))):
+        for backend, (sock, device_id) in zip(backends, (("blk0", virtio.ID_BLOCK),
+                                                         ("console", virtio.ID_CONSOLE))):
             backend.recorder = recorder.device(backend.device.name)
             server = VhostUserServer(backend, os.path.join(workdir, f"{sock}.sock"))
             server.serve_in_thread()

@@ -16,17 +16,10 @@ import struct
 
 from ..driver.pci import VirtioPciDriver
 from ..driver.vring import GuestAllocator
-from ..virtio import (F_RING_EVENT_IDX, F_RING_INDIRECT_DESC, F_VERSION_1, ID_BLOCK,
-                      ID_CONSOLE, ID_NET, ID_RNG, bit)
+from ..virtio import (DEVICE_FEATURE_NAMES, FEATURE_NAMES, ID_BLOCK, ID_CONSOLE, ID_NET,
+                      ID_RNG, bit)
 
 DEVICE_NAMES = {ID_NET: "net", ID_BLOCK: "block", ID_CONSOLE: "console", ID_RNG: "rng"}
-FEATURE_NAMES = {
-    "common": {F_VERSION_1: "VERSION_1", F_RING_INDIRECT_DESC: "RING_INDIRECT_DESC",
-               F_RING_EVENT_IDX: "RING_EVENT_IDX"},
-    ID_CONSOLE: {0: "SIZE", 1: "MULTIPORT", 2: "EMERG_WRITE"},
-    ID_BLOCK: {2: "SEG_MAX", 5: "RO", 9: "FLUSH"},
-    ID_NET: {0: "CSUM", 1: "GUEST_CSUM", 5: "MAC", 15: "MRG_RXBUF"},
-}
 GREETING = "Hello from the simulated lguest guest: the trap path works.\n"
 BLK_OUTHDR = struct.Struct("<IIQ")
 BLK_IN, BLK_OUT, BLK_FLUSH, BLK_GET_ID = 0, 1, 4, 8
@@ -37,7 +30,7 @@ def feature_names(device_type, features):
     names = []
     for n in range(64):
         if features & bit(n):
-            name = FEATURE_NAMES.get(device_type, {}).get(n) or FEATURE_NAMES["common"].get(n)
+            name = DEVICE_FEATURE_NAMES.get(device_type, {}).get(n) or FEATURE_NAMES.get(n)
             names.append(name or f"bit{n}")
     return ", ".join(names) or "none"
 

@@ -28,7 +28,7 @@ import struct
 from dataclasses import dataclass, field
 
 from .. import x86
-from .lguest_dev import (ERESTART, LGUEST_IRQS, LHREQ_GETREG, LHREQ_INITIALIZE,
+from .lguest_abi import (ERESTART, LGUEST_IRQS, LHREQ_GETREG, LHREQ_INITIALIZE,
                          LHREQ_IRQ, LHREQ_SETREG, LHREQ_TRAP, PENDING)
 
 SETTABLE = ("ebx", "ecx", "edx", "esi", "edi", "ebp", "eax", "eip", "esp")

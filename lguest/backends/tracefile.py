@@ -43,7 +43,7 @@ import json
 import struct
 
 from .. import x86
-from .lguest_dev import (ERESTART, LHREQ_GETREG, LHREQ_INITIALIZE, LHREQ_IRQ, LHREQ_SETREG,
+from .lguest_abi import (ERESTART, LHREQ_GETREG, LHREQ_INITIALIZE, LHREQ_IRQ, LHREQ_SETREG,
                          LHREQ_TRAP, PENDING)
 from .lguest_model import Die, Reboot, Trap
 
@@ -76,6 +76,7 @@ def _open(path, mode):
 
 
 def write_trace(path, header, records, *, kind="trap"):
+    """Write a version-1 stream: a JSON header line, then one JSON line per record."""
     header = dict(header, format=FORMAT, version=VERSION)
     if kind != "trap":
         header["kind"] = kind            # trap streams stay as they always were

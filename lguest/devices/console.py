@@ -13,7 +13,7 @@ import logging
 import struct
 
 from ..errors import GuestError
-from ..virtio import ID_CONSOLE, bit
+from ..virtio import EMERG_WR_OFFSET, ID_CONSOLE, bit
 from .base import VirtioDevice, give_back
 
 log = logging.getLogger("lguest.console")
@@ -25,7 +25,6 @@ F_EMERG_WRITE = 2
 
 # struct virtio_console_config: u16 cols, u16 rows, u32 max_nr_ports, u32 emerg_wr.
 CONFIG = struct.Struct("<HHII")
-EMERG_WR_OFFSET = 8
 
 INPUT, OUTPUT = 0, 1
 CTRL_C = 3

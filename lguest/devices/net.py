@@ -15,8 +15,9 @@
 import logging
 import struct
 
-from ..errors import GuestError, LauncherError
-from ..virtio import F_RING_INDIRECT_DESC, ID_NET, bit
+from ..config import parse_mac
+from ..errors import GuestError
+from ..virtio import F_RING_INDIRECT_DESC, ID_NET, VNET_HDR_SIZE, bit
 from .base import VirtioDevice, give_back, iov_skip
 
 log = logging.getLogger("lguest.net")
@@ -33,7 +34,6 @@ F_HOST_TSO6 = 12
 F_HOST_ECN = 13
 F_MRG_RXBUF = 15
 
-VNET_HDR_SIZE = 12
 NUM_BUFFERS_OFFSET = 10
 
 # struct virtio_net_config as the seed knew it: mac[6], u16 status, u16 max_virtqueue_pairs.
@@ -46,17 +46,6 @@ RX, TX = 0, 1
 SEED_FEATURES = (bit(F_CSUM) | bit(F_GUEST_CSUM) | bit(F_GUEST_TSO4) | bit(F_GUEST_TSO6)
                  | bit(F_GUEST_ECN) | bit(F_HOST_TSO4) | bit(F_HOST_TSO6) | bit(F_HOST_ECN)
                  | bit(F_RING_INDIRECT_DESC))
-
-
-def parse_mac(text):
-    """"52:54:00:12:34:56" -> 6 bytes; LauncherError with the seed's wording otherwise."""
-    parts = text.split(":")
-    try:
-        if len(parts) != 6 or any(not 1 <= len(p) <= 2 for p in parts):
-            raise ValueError
-        return bytes(int(p, 16) for p in parts)
-    except ValueError:
-        raise LauncherError(f"Failed to parse mac address '{text}'") from None
 
 
 class NetDevice(VirtioDevice):

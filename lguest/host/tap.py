@@ -14,7 +14,9 @@ import select
 import socket
 import struct
 
+from ..config import parse_ip
 from ..errors import LauncherError
+from ..virtio import VNET_HDR_SIZE
 
 TUN_PATH = "/dev/net/tun"
 TUNSETIFF = 0x400454CA
@@ -28,7 +30,6 @@ TUN_F_CSUM = 0x01
 TUN_F_TSO4 = 0x02
 TUN_F_TSO6 = 0x04
 TUN_F_TSO_ECN = 0x08
-VNET_HDR_SIZE = 12
 
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
@@ -42,18 +43,6 @@ IFREQ_SIZE = 40
 def ifreq(name, payload=b""):
     """struct ifreq: the interface name, then a 24-byte union."""
     return struct.pack(f"{IFNAMSIZ}s", name.encode()) + payload.ljust(IFREQ_SIZE - IFNAMSIZ, b"\0")
-
-
-def parse_ip(text):
-    """The seed's str2ip(): four decimal numbers, each a byte."""
-    parts = text.split(".")
-    try:
-        values = [int(p, 10) for p in parts]
-        if len(values) != 4 or not all(0 <= v <= 255 for v in values):
-            raise ValueError
-    except ValueError:
-        raise LauncherError(f"Failed to parse IP address '{text}'") from None
-    return bytes(values)
 
 
 class Tap:

@@ -66,6 +66,9 @@ class PciBus:
         self.devices = []                           # transports in the order added
         self.config_address = 0                     # the 0xCF8 latch
         self.irq_sink = lambda irq_line: None       # the backend sets this
+        # A backend whose interrupt lines are levels (KVM's irqchip) sets this too: the
+        # line is held from irq_sink until the driver reads the device's ISR (L:406).
+        self.irq_lower_sink = None
         self._next_irq = 1
         self._window_starts = []                    # sorted BAR0 addresses
         self._window_owners = []
@@ -86,7 +89,8 @@ class PciBus:
         irq_line = self._next_irq
         self._next_irq += 1
         transport = VirtioPciTransport(device, self.memory, runner=runner, irq_line=irq_line,
-                                       raise_irq=lambda: self.irq_sink(irq_line))
+                                       raise_irq=lambda: self.irq_sink(irq_line),
+                                       lower_irq=lambda: self._lower_irq(irq_line))
         transport.mmio_addr = self._allocator.allocate(transport.mmio_size)
         transport.slot = slot
         transport.pci_config = virtio_pci_config(device.device_id, irq_line, BAR0_LAYOUT,
@@ -211,13 +215,23 @@ class PciBus:
     # at offset cap.offset at BAR selected by cap.bar and store the first cap.length
     # bytes in pci_cfg_data", and likewise for writes. The access width is cap.length,
     # *not* that of the port access. A bad window read is the driver's fault (the seed's
-    # "Invalid cfg_access"); a bad window write is refused like any other (L:403).
+    # "Invalid cfg_access"), and goes where every misuse of a device goes (L:425): strict,
+    # it ends us; --lenient, the device needs a reset and the read answers all ones. A bad
+    # window write is refused like any other (L:403).
     def _window_read(self, slot, config):
-        if not config.valid_bar_access():
-            raise GuestError("Invalid cfg_access to bar", device=config.name,
-                             detail=f"bar {config['cfg_access.bar']} offset "
-                                    f"{config['cfg_access.offset']} len {config['cfg_access.length']}")
         transport = self.slots[slot]
+        if not config.valid_bar_access():
+            error = GuestError("Invalid cfg_access to bar", device=config.name,
+                               detail=f"bar {config['cfg_access.bar']} offset "
+                                      f"{config['cfg_access.offset']} len {config['cfg_access.length']}")
+            if transport is not None:
+                transport.misused(error)        # raises unless lenient
+            elif not self.lenient:              # the host bridge: no device to reset
+                raise error
+            else:
+                log.error("%s (ignored: --lenient)", error)
+            config["cfg_access.pci_cfg_data"] = 0xFFFFFFFF
+            return
         config["cfg_access.pci_cfg_data"] = transport.emulate_mmio_read(
             config["cfg_access.offset"], config["cfg_access.length"])
         log.debug("Window read %#x from bar 0, offset %u len %u", config["cfg_access.pci_cfg_data"],
@@ -234,6 +248,17 @@ class PciBus:
         self.slots[slot].emulate_mmio_write(config["cfg_access.offset"], length,
                                             data & SIZE_MASKS[length])
         return True
+
+    def _lower_irq(self, irq_line):
+        if self.irq_lower_sink is None:
+            return False
+        self.irq_lower_sink(irq_line)
+        return True
+
+    @property
+    def lenient(self):
+        """Lenient when its devices are (the launcher sets them all alike, L:425)."""
+        return bool(self.devices) and all(t.lenient for t in self.devices)
 
     def describe(self):
         """One line per device, for the launcher's --verbose."""

@@ -26,7 +26,6 @@ QUEUE_REGS_START = OFFSET["queue_size"]     # per-queue registers: queue_size on
 QUEUE_REGS_SIZE = COMMON_CFG_SIZE - QUEUE_REGS_START
 ADDRESS_REGS = ("queue_desc_lo", "queue_desc_hi", "queue_avail_lo", "queue_avail_hi",
                 "queue_used_lo", "queue_used_hi")
-EMERG_WR_OFFSET = 8         # struct virtio_console_config: cols, rows, max_nr_ports, emerg_wr
 VIRTIO_MSI_NO_VECTOR = 0xFFFF
 
 # Where each region of BAR0 lies, for the capabilities of the config space (L:404).

@@ -15,13 +15,14 @@ import logging
 
 from ..devices.base import InlineRunner, VirtioDevice
 from ..errors import GuestError
-from ..virtio import (F_VERSION_1, ISR_CONFIG, ISR_QUEUE, STATUS_ACKNOWLEDGE,
+from ..virtio import (ISR_CONFIG, ISR_QUEUE, STATUS_ACKNOWLEDGE,
                       STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER, STATUS_DRIVER_OK,
-                      STATUS_FEATURES_OK, bit)
+                      EMERG_WR_OFFSET, STATUS_FEATURES_OK)
+from ..transport_rules import offered_features, over_accepted, queue_size_problem
 from ..virtqueue import Virtqueue
 
 from .registers import (ADDRESS_REGS, BAR0_LAYOUT, COMMON_CFG, COMMON_CFG_SIZE,  # noqa: F401
-                        DEVICE_CFG_OFFSET, EMERG_WR_OFFSET, ISR_OFFSET, NOTIFY_OFFSET, OFFSET,
+                        DEVICE_CFG_OFFSET, ISR_OFFSET, NOTIFY_OFFSET, OFFSET,
                         PADDING_OFFSET, QUEUE_REGS_SIZE, QUEUE_REGS_START, REG, UNAVAILABLE,
                         VIRTIO_MSI_NO_VECTOR, MsixHook, QueueRegs, width_bits)
 
@@ -32,7 +33,7 @@ class VirtioPciTransport:
     """BAR0 of one virtio device, and the life cycle it drives."""
 
     def __init__(self, device, memory, *, runner=None, irq_line=0, mmio_addr=0, raise_irq=None,
-                 lenient=False):
+                 lower_irq=None, lenient=False):
         if not isinstance(device, VirtioDevice):
             raise TypeError(f"{device!r} is not a VirtioDevice")
         self.device = device
@@ -43,6 +44,9 @@ class VirtioPciTransport:
         self.mmio_addr = mmio_addr
         self.mmio_size = DEVICE_CFG_OFFSET + len(device.config)
         self.raise_irq = raise_irq or (lambda: None)
+        # lower_irq() -> True where the line is level-triggered (KVM), so it stays up
+        # until the driver reads ISR (L:406); False where raising is an event (lguest, fake).
+        self.lower_irq = lower_irq or (lambda: False)
         self.msix = None
         self.msix_config_vector = VIRTIO_MSI_NO_VECTOR
         self.broken = None          # lenient mode: the GuestError that broke the device (L:425)
@@ -75,6 +79,7 @@ class VirtioPciTransport:
         self.virtqueues = [None] * len(self._queues)
         self.msix_config_vector = VIRTIO_MSI_NO_VECTOR
         self._isr.clear()
+        self.lower_irq()
 
     #L:425 Lenient mode (--lenient; the default for vhost-user). Strict, as the seed,
     # a guest error ends the launcher. Lenient, a device the guest misuses does what
@@ -126,9 +131,8 @@ class VirtioPciTransport:
     # -- what the device offers -----------------------------------------------------
     @property
     def features(self):
-        """Everything offered: the device's bits and VERSION_1, which every modern
-        device offers (the seed's new_pci_device() starts with it)."""
-        return self.device.features | bit(F_VERSION_1)
+        """Everything offered: the device's bits and VERSION_1 (L:205)."""
+        return offered_features(self.device)
 
     @property
     def negotiated(self):
@@ -194,12 +198,22 @@ class VirtioPciTransport:
         if self.status & STATUS_DRIVER_OK:
             self.raise_irq()
 
+    #L:406 The line is level-triggered, as PCI INTx is (4.1.4.5: reading ISR "has the
+    # side effect of resetting it to zero and causes the device to de-assert the
+    # interrupt"): it stays up until the driver reads ISR, so an interrupt controller
+    # that samples the level (an IOAPIC pin) cannot miss it the way it can miss a
+    # pulse. Reading clears ISR, then lowers the line; a queue thread that set a bit in
+    # between raised the line before our lowering or raises it after, so if ISR is not
+    # empty once the line is down, we raise it again. No lock is needed.
     def read_isr(self):
         """4.1.4.5.1: "The device MUST reset ISR status to 0 on driver read"."""
         value = 0
         for flag in (ISR_QUEUE, ISR_CONFIG):
             if self._isr.pop(flag, False):
                 value |= flag
+        if self.lower_irq() and (ISR_QUEUE in self._isr
+                                 or ISR_CONFIG in self._isr and self.status & STATUS_DRIVER_OK):
+            self.raise_irq()
         return value
 
     # -- writes ---------------------------------------------------------------------
@@ -246,9 +260,9 @@ class VirtioPciTransport:
     def _write_driver_feature(self, off, size, value):
         shift = 32 * self.driver_feature_select
         accepted = (self.features_accepted & ~(0xFFFFFFFF << shift)) | (value << shift)
-        if accepted & ~self.features:
-            raise self._error("over-accepted features",
-                              f"{accepted:#x} of {self.features:#x}")
+        problem = over_accepted(accepted, self.features)
+        if problem:
+            raise self._error("over-accepted features", problem)
         self._feature_write_checks(off, size)
         self.features_accepted = accepted
 
@@ -295,11 +309,12 @@ class VirtioPciTransport:
         return regs
 
     # 4.1.4.3.2: "The driver MUST NOT write a value which is not a power of 2 to
-    # queue_size" (nor, beyond the seed, 0 or more than the device's maximum).
+    # queue_size" (nor, beyond the seed, 0 or more than the maximum it was shown, L:205).
     def _write_queue_size(self, off, size, value):
         regs = self._writable_queue()
-        if value & (value - 1) or not 0 < value <= self.device.queue_max_size:
-            raise self._error("invalid queue size", f"{value} (max {self.device.queue_max_size})")
+        problem = queue_size_problem(value, self.device.queue_max_size)
+        if problem:
+            raise self._error("invalid queue size", problem)
         if regs.get("queue_enable"):
             raise self._error("changing queue size on live device")
         self._need_width(size, 2, "write to", off)

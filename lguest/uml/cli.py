@@ -9,13 +9,17 @@
 # the command's own exit status. What is not the command's doing gets a status of its
 # own and one line on stderr: 124 when the timeout stopped the guest (as timeout(1)),
 # 125 when the guest died without reporting one (a kernel panic), 1 for a bad option
-# or host problem, 130 after ^C. Every path out goes through the context managers, so
-# UML is killed and the sockets and the temp directory are removed whichever way we go.
+# or host problem, 130 after ^C, 143 after SIGTERM (which unwinds as ^C does), 141
+# when our reader left (lguest/cli.py). Every path out goes through the context
+# managers, so UML is killed and the sockets and the temp directory are removed
+# whichever way we go.
 """
 
 import argparse
 import os
+import signal
 import sys
+import threading
 
 from ..errors import LauncherError
 from .guest import Guest, GuestFailed, GuestTimeout
@@ -23,6 +27,48 @@ from .guest import Guest, GuestFailed, GuestTimeout
 EXIT_TIMEOUT = 124
 EXIT_GUEST_FAILED = 125
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 128 + signal.SIGTERM
+
+
+class Terminated(Exception):
+    """SIGTERM arrived: unwind like ^C, so UML and the temp directory go with us."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+# The kit's guest (kernel, initramfs unpacked into RAM, modules) does not boot in less:
+# at 40 MiB UML panics ("System is deadlocked on memory"), 48 MiB boots.
+MIN_MEM_MB = 48
+
+
+def host_memory_mb():
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1 << 20)
+
+
+def memory_size(text):
+    """--mem: whole MiB, enough to boot, and no more than this host has."""
+    try:
+        mb = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of MiB") from None
+    if mb < MIN_MEM_MB:
+        raise argparse.ArgumentTypeError(f"{mb} MiB is too little: the guest needs at least "
+                                         f"{MIN_MEM_MB} MiB to boot")
+    if mb > host_memory_mb():
+        raise argparse.ArgumentTypeError(f"{mb} MiB is more than this host's "
+                                         f"{host_memory_mb()} MiB of RAM")
+    return mb
+
+
+def timeout_seconds(text):
+    """--timeout: a positive number of seconds."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not seconds > 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a positive, finite number of seconds")
+    return seconds
 
 
 def parser():
@@ -30,7 +76,7 @@ def parser():
         prog="lguest run",
         description="Boot a User-Mode Linux guest whose virtio devices are served by "
                     "lguest's vhost-user back-end, run CMD in it, and exit with its status.")
-    p.add_argument("--mem", type=int, default=64, metavar="MB", help="guest memory (default 64)")
+    p.add_argument("--mem", type=memory_size, default=64, metavar="MB", help="guest memory (default 64)")
     p.add_argument("--block", action="append", default=[], metavar="FILE[,ro]",
                    help="a disk image, /dev/vda, /dev/vdb, ... in the guest (repeatable)")
     p.add_argument("--net", metavar="SPEC",
@@ -38,7 +84,7 @@ def parser():
     p.add_argument("--ip", metavar="ADDR/PREFIX", help="configure eth0 with this address")
     p.add_argument("--console", action="store_true",
                    help="send CMD's stdout through our virtio console (/dev/hvc0)")
-    p.add_argument("--timeout", type=float, default=None, metavar="S",
+    p.add_argument("--timeout", type=timeout_seconds, default=None, metavar="S",
                    help="stop the guest after S seconds (default: no limit)")
     p.add_argument("--backend", choices=("lguest", "qsd"), default="lguest",
                    help="who serves the block devices (qsd: qemu-storage-daemon, for comparison)")
@@ -58,6 +104,10 @@ def main(argv=None):
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser().error("no command given (lguest run [options] -- CMD [ARGS...])")
+    if args.ip and not args.net:
+        parser().error("--ip configures the guest's eth0, which only --net gives it")
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
         with Guest(block=args.block, console=args.console, net=args.net, ip=args.ip,
                    mem=args.mem, timeout=args.timeout, backend=args.backend) as guest:
@@ -78,3 +128,9 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("lguest run: interrupted; guest stopped", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Terminated:
+        print("lguest run: terminated; guest stopped", file=sys.stderr)
+        return EXIT_TERMINATED
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)

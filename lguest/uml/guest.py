@@ -4,15 +4,18 @@
     with lguest.Guest(block=["disk.img"]) as g:
         r = g.run("md5sum /dev/vda")
         print(r.returncode, r.stdout)
+        g.run("true")                      # the same booted guest: milliseconds
 
-#L:880 A Guest is a recipe for a machine (memory, block files, console, network), and
-# each run() is one fresh boot of it: the device back-ends start and listen (L:860),
-# UML boots with the kit's initramfs (L:803), /init runs the command (L:820), UML
-# powers off, the back-ends stop. A boot costs about a second and a half here, and
-# nothing carries over between runs but what the command wrote to the block files,
-# which is what makes the result of run() depend only on its inputs. A command that
-# fails is a result (returncode != 0); a guest that dies or hangs is an exception,
-# GuestFailed or GuestTimeout, carrying the tail of the kernel's console.
+#L:880 A Guest is a recipe for a machine (memory, block files, console, network) and,
+# once its first run() has booted it, that machine: the device back-ends start and
+# listen (L:860), UML boots with the kit's initramfs (L:803), and /init becomes the agent
+# of L:821, which runs each run()'s command and reports it (L:822). A boot costs a
+# second or more here, a command in the booted guest a few milliseconds. Each command
+# starts in an empty /root with a minimal environment, and what it left running is
+# killed; a command that fails is a result (returncode != 0); a guest that dies or hangs
+# is an exception, GuestFailed or GuestTimeout, carrying the tail of the kernel's
+# console, and the next run() boots a new guest. close() (or the end of the `with`)
+# powers the guest off and stops the back-ends.
 """
 
 import contextlib
@@ -20,10 +23,12 @@ import os
 import shlex
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 
+from .. import virtio
 from ..errors import LauncherError
-from . import kit as kit_module, process, servers
+from . import agent, kit as kit_module, servers
 
 
 # Room for "/<boot>/console.sock" within the 108 bytes of a unix socket address.
@@ -44,10 +49,12 @@ class GuestTimeout(GuestFailed):
 
 @dataclass
 class Result:
+    """What one run() gave back: the command's own output and exit status."""
+
     stdout: str | bytes
     stderr: str | bytes
     returncode: int
-    elapsed: float
+    elapsed: float                  # seconds, including the boot if this run() booted
 
 
 def describe_failure(outcome, timeout):
@@ -61,8 +68,46 @@ def describe_failure(outcome, timeout):
                        f"(UML exit status {outcome.uml_returncode})", outcome.log)
 
 
+class _Booted:
+    """One boot of a Guest: its back-ends, its UML, its directory, stopped in that order."""
+
+    def __init__(self, guest, boot_dir):
+        self.stack = contextlib.ExitStack()
+        self.stack.callback(shutil.rmtree, boot_dir, ignore_errors=True)
+        self.uml = agent.BootedGuest(guest._kit, boot_dir, console=guest.console)
+        self.stack.callback(self.uml.release)
+        self.sink = lambda data: None
+        try:
+            devices = guest._servers(self.stack, boot_dir, self._console)
+            self.stack.callback(self.stop)
+            self.uml.start(mem=guest.mem, devices=devices, wait=guest._wait_list(devices),
+                           ip=guest.ip, stdout_device="hvc0" if guest.console else "tty1")
+        except BaseException:
+            self.close()
+            raise
+        self.grace = agent.STOP_GRACE
+
+    def _console(self, data):
+        self.uml.console_write(data)
+
+    def stop(self):
+        self.uml.stop(grace=self.grace)
+
+    def close(self, grace=agent.STOP_GRACE):
+        self.grace = grace
+        self.stack.close()
+
+
 class Guest:
-    """A UML guest whose virtio devices are served by our vhost-user back-end."""
+    """A UML guest whose virtio devices are served by our vhost-user back-end.
+
+    block: disk image paths ("disk.img" or "disk.img,ro", or (path, read_only)), which
+    the guest sees as /dev/vda, /dev/vdb, ...; console: send the commands' stdout through
+    our virtio console (/dev/hvc0) instead of UML's tty; net: a back-end network spec
+    (tap:NAME[:HOSTIP]) or a served device; ip: an address/prefix for eth0; mem: MiB;
+    timeout: the default for run() (seconds, None for no limit); backend: "lguest"
+    (ours) or "qsd" (qemu-storage-daemon, block only); kit: a prepared lguest.uml Kit.
+    """
 
     def __init__(self, *, block=(), console=False, net=None, ip=None, mem=64, timeout=60.0,
                  backend="lguest", kit=None):
@@ -76,6 +121,8 @@ class Guest:
         self.backend = backend
         self._kit = kit
         self.workdir = None
+        self.boots = 0                      # how many times this Guest has booted UML
+        self._booted = None
         for spec in self.block:
             servers.parse_block_spec(spec)
 
@@ -86,13 +133,14 @@ class Guest:
             # A unix socket's path must fit in sun_path (108 bytes, L:861).
             os.rmdir(self.workdir)
             self.workdir = tempfile.mkdtemp(prefix="lguest-uml-", dir="/tmp")
-        self._boots = 0
         return self
 
     def __exit__(self, *exc):
         self.close()
 
     def close(self):
+        """Power the guest off (it syncs first), stop the back-ends, remove the temp files."""
+        self._discard()
         if self.workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
@@ -113,7 +161,7 @@ class Guest:
                                                    net=self.net)).devices
 
     def _wait_list(self, devices):
-        blocks = [d for d in devices if d[1] == servers.VIRTIO_ID_BLOCK]
+        blocks = [d for d in devices if d[1] == virtio.ID_BLOCK]
         names = [f"vd{chr(ord('a') + i)}" for i in range(len(blocks))]
         if self.console:
             names.append("hvc0")
@@ -121,8 +169,31 @@ class Guest:
             names.append("eth0")
         return names
 
+    def _discard(self, grace=agent.STOP_GRACE):
+        booted, self._booted = self._booted, None
+        if booted is not None:
+            booted.close(grace)
+
+    def _boot(self):
+        self.boots += 1
+        boot_dir = os.path.join(self.workdir, str(self.boots))
+        os.mkdir(boot_dir)
+        return _Booted(self, boot_dir)
+
+    def boot(self):
+        """Boot now (run() would on first use); a no-op if the guest is up."""
+        if self.workdir is None:
+            self.__enter__()
+        if self._booted is None:
+            self.run("true")
+        return self
+
     def run(self, command, *, timeout=None, on_stdout=None, on_stderr=None, text=True):
-        """Boot, run command (a shell string, or an argv list), power off; return a Result."""
+        """Run command (a shell string, or an argv list) in the guest; return a Result.
+
+        The first run() boots the guest; later ones reuse it, unless a command killed it.
+        on_stdout / on_stderr receive the output's bytes as they come; timeout (seconds)
+        counts from the start of this run(), boot included."""
         if self.workdir is None:
             with self:
                 return self.run(command, timeout=timeout, on_stdout=on_stdout,
@@ -130,30 +201,22 @@ class Guest:
         if not isinstance(command, str):
             command = shlex.join(command)
         timeout = self.timeout if timeout is None else timeout
-        on_stdout = on_stdout or (lambda b: None)
-        self._boots += 1
-        boot_dir = os.path.join(self.workdir, str(self._boots))
-        os.mkdir(boot_dir)
-        console_out = bytearray()
-
-        def console_sink(data):
-            console_out.extend(data)
-            on_stdout(bytes(data))
-
+        start = time.monotonic()
         try:
-            with contextlib.ExitStack() as stack:
-                devices = self._servers(stack, boot_dir, console_sink)
-                outcome = process.boot(
-                    self._kit, command, boot_dir, timeout=timeout, on_stdout=on_stdout,
-                    on_stderr=on_stderr or (lambda b: None), mem=self.mem, devices=devices,
-                    wait=self._wait_list(devices), ip=self.ip,
-                    stdout_device="hvc0" if self.console else "tty1")
-        finally:
-            shutil.rmtree(boot_dir, ignore_errors=True)
+            if self._booted is None:
+                self._booted = self._boot()
+            left = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
+            outcome = self._booted.uml.run(command, timeout=left, on_stdout=on_stdout,
+                                           on_stderr=on_stderr)
+        except LauncherError:
+            raise                           # e.g. a command too long: the guest is fine
+        except BaseException:
+            self._discard(grace=0)          # ^C or a host error: stop the guest at once
+            raise
         if outcome.status is None:
+            self._discard(grace=0)
             raise describe_failure(outcome, timeout)
-        stdout = bytes(console_out) + bytes(outcome.stdout)
-        stderr = bytes(outcome.stderr)
+        stdout, stderr = bytes(outcome.stdout), bytes(outcome.stderr)
         if text:
             stdout, stderr = stdout.decode(errors="replace"), stderr.decode(errors="replace")
-        return Result(stdout, stderr, outcome.status, outcome.elapsed)
+        return Result(stdout, stderr, outcome.status, time.monotonic() - start)

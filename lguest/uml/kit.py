@@ -24,8 +24,9 @@ from . import archive
 from .init_script import INIT_SCRIPT
 
 PACKAGES = ("user-mode-linux", "busybox-static")
-# The front-end drivers for the three virtio devices UML's virtio_uml can carry.
-WANTED_MODULES = ("virtio_blk", "virtio_net", "virtio_console")
+# The front-end drivers for the virtio devices UML's virtio_uml can carry (virtiofs
+# brings fuse with it: a dependency in its .modinfo).
+WANTED_MODULES = ("virtio_blk", "virtio_net", "virtio_console", "virtiofs")
 # Bump when the image layout changes, so old cached images are not reused.
 KIT_VERSION = 2
 

@@ -12,9 +12,10 @@
 
 import os
 
-from ..devices.console import ConsoleDevice
-from ..errors import LauncherError
-from ..vhost_user import devices as served_devices
+from .. import virtio
+from ..config import DeviceSpec
+from ..host.factory import HostResources
+from ..vhost_user import served as served_devices
 from ..vhost_user.server import VhostUserServer
 from . import servers
 
@@ -35,7 +36,8 @@ class CallbackSink:
 
 def console_to(callback):
     """A console whose output goes to a callback and which has no input (L:320)."""
-    return served_devices.Served(ConsoleDevice(CallbackSink(callback), name="hvc0"))
+    return served_devices.serve(DeviceSpec("console", name="hvc0"),
+                                HostResources(console_sink=CallbackSink(callback)))
 
 
 class OurServers:
@@ -74,12 +76,12 @@ class OurServers:
         try:
             for i, spec in enumerate(self.blocks):
                 self._serve(served_devices.block(spec, name=f"vd{chr(97 + i)}"),
-                            f"blk{i}", servers.VIRTIO_ID_BLOCK)
+                            f"blk{i}", virtio.ID_BLOCK)
             if self.console:
-                self._serve(console_to(self.console_sink), "console", servers.VIRTIO_ID_CONSOLE)
+                self._serve(console_to(self.console_sink), "console", virtio.ID_CONSOLE)
             if self.net is not None:
                 served, owned = self._net()
-                self._serve(served, "net", servers.VIRTIO_ID_NET, owned)
+                self._serve(served, "net", virtio.ID_NET, owned)
         except BaseException:
             self.__exit__(None, None, None)
             raise

@@ -10,7 +10,7 @@
 
 import threading
 
-from ..vhost_user import devices as served_devices
+from ..vhost_user import served as served_devices
 from .guest import Guest
 
 

@@ -44,20 +44,25 @@ class Outcome:
 
 
 def kernel_arguments(kit, command, workdir, fds, *, mem=64, devices=(), wait=(),
-                     ip=None, stdout_device="tty1"):
-    """The linux.uml argv for one boot. fds = (log, stdout, stderr, status) write ends."""
-    encoded = base64.b64encode(command.encode()).decode()
-    if len(encoded) > MAX_ENCODED_COMMAND:
-        raise LauncherError(f"command too long for the guest's kernel command line "
-                            f"({len(command)} bytes; keep it under ~2 KB, or put a script "
-                            "on a block device)")
+                     ip=None, stdout_device="tty1", control=None):
+    """The linux.uml argv for one boot. fds = (log, stdout, stderr, status) write ends.
+
+    A one-shot boot carries `command` on the command line; an agent boot (command None)
+    reads its commands from the `control` fd, the read end of a pipe (L:821)."""
     log, out, err, status = fds
+    control_in = "null" if control is None else f"fd:{control}"
     argv = [kit.kernel, f"mem={int(mem)}M", f"initrd={kit.initrd}", "rdinit=/init",
             "con=null", "ssl=null", f"con0=null,fd:{log}", f"con1=null,fd:{out}",
-            f"con2=null,fd:{err}", f"con3=null,fd:{status}",
+            f"con2=null,fd:{err}", f"con3={control_in},fd:{status}",
             f"uml_dir={workdir}", "umid=guest", "quiet"]
     argv += [f"virtio_uml.device={sock}:{device_id}" for sock, device_id in devices]
-    argv.append(f"lguest_cmd={encoded}")
+    if command is not None:
+        encoded = base64.b64encode(command.encode()).decode()
+        if len(encoded) > MAX_ENCODED_COMMAND:
+            raise LauncherError(f"command too long for the guest's kernel command line "
+                                f"({len(command)} bytes; keep it under ~2 KB, or put a "
+                                "script on a block device)")
+        argv.append(f"lguest_cmd={encoded}")
     if wait:
         argv.append("lguest_wait=" + ",".join(wait))
     if ip:
@@ -81,7 +86,7 @@ def parse_status(status_bytes):
     return None
 
 
-def _spawn(argv, workdir, fds):
+def spawn(argv, workdir, fds):
     env = dict(os.environ, TMPDIR=workdir)
     try:
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fds[0], stderr=fds[0],
@@ -145,7 +150,7 @@ def boot(kit, command, workdir, *, timeout=None, on_stdout=lambda b: None,
     outcome = Outcome(None, False, None, "", 0.0)
     try:
         argv = kernel_arguments(kit, command, workdir, writes, **kernel_options)
-        proc = _spawn(argv, workdir, writes)
+        proc = spawn(argv, workdir, writes)
         for w in writes:
             os.close(w)
         writes = ()

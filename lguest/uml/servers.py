@@ -14,11 +14,9 @@ import shutil
 import subprocess
 import time
 
+from ..config import parse_block
 from ..errors import LauncherError
-
-VIRTIO_ID_NET = 1
-VIRTIO_ID_BLOCK = 2
-VIRTIO_ID_CONSOLE = 3
+from ..virtio import ID_BLOCK
 
 
 def wait_for_socket(path, proc=None, timeout=10.0, what="back-end"):
@@ -34,13 +32,12 @@ def wait_for_socket(path, proc=None, timeout=10.0, what="back-end"):
 
 
 def parse_block_spec(spec):
-    """'disk.img' or 'disk.img,ro' -> (path, read_only)."""
-    path, _, flags = spec.partition(",")
-    if flags not in ("", "ro", "rw"):
-        raise LauncherError(f"--block {spec}: the only options are ',ro' and ',rw'")
+    """'disk.img' or 'disk.img,ro' -> (path, read_only): L:952's syntax, and the file
+    must be there now (virtio_uml connects once, at boot)."""
+    path, read_only = parse_block(spec)
     if not os.path.isfile(path):
         raise LauncherError(f"--block {spec}: {path} is not a file")
-    return path, flags == "ro"
+    return path, read_only
 
 
 class QsdBlockServer:
@@ -64,7 +61,7 @@ class QsdBlockServer:
                      f"cache.direct=off,read-only={'on' if ro else 'off'}",
                      "--export", f"type=vhost-user-blk,id=e{i},node-name=f{i},"
                      f"addr.type=unix,addr.path={sock},writable={'off' if ro else 'on'}"]
-            self.devices.append((sock, VIRTIO_ID_BLOCK))
+            self.devices.append((sock, ID_BLOCK))
         return argv
 
     def __enter__(self):

@@ -21,7 +21,7 @@ import time
 from ..devices.block import BlockDevice
 from ..driver.vring import DriverQueue
 from ..host.block import FileStore
-from .backend import VhostUserBackend
+from .backend import VhostUserTransport
 from .frontend import Frontend
 from .server import serve_connection
 
@@ -40,7 +40,7 @@ def run(path, request_size, seconds, depth, write=False):
     """Requests per second and MB/s for `request_size` reads (or writes) of `path`."""
     store = FileStore(path)
     ours, theirs = socket.socketpair()
-    backend = VhostUserBackend(BlockDevice(store))
+    backend = VhostUserTransport(BlockDevice(store))
     server = threading.Thread(target=serve_connection, args=(backend, theirs), daemon=True)
     server.start()
     fe = Frontend(ours, regions=((0, 64 << 20),))

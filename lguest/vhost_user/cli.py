@@ -7,6 +7,7 @@
 #   lguest vhost-user --socket=/tmp/a.sock --socket=/tmp/b.sock --net=pair
 #   lguest vhost-user --socket=/tmp/con.sock --console
 #   lguest vhost-user --socket=/tmp/rng.sock --rng
+#   lguest vhost-user --socket=/tmp/fs.sock --fs=DIR --tag=TAG [--ro]
 #
 # then, e.g., `linux.uml ... virtio_uml.device=/tmp/blk.sock:2`, or QEMU's
 # `-chardev socket,id=c0,path=/tmp/blk.sock -device vhost-user-blk-pci,chardev=c0`
@@ -17,6 +18,7 @@
 # crashes it (say, by shrinking its guest memory under us: SIGBUS) ends only its own
 # session; --no-isolate serves in this process, as `lguest run` does.
 # (Debian's UML kernel has no HW_RANDOM_VIRTIO, so --rng is for other front-ends.)
+# The rings' memory ordering is correct on x86 hosts only (L:733): elsewhere we refuse.
 """
 
 import argparse
@@ -27,7 +29,8 @@ import threading
 
 from ..devices.block import MAX_QUEUES
 from ..errors import LguestError
-from . import devices
+from . import served as devices
+from .rings import require_x86_host
 from .server import VhostUserServer, serve_isolated
 
 
@@ -44,6 +47,10 @@ def parse_args(argv):
     kind.add_argument("--net", metavar="tap:NAME[:IP]|pair", help="a network card")
     kind.add_argument("--console", action="store_true", help="a console on our stdin/stdout")
     kind.add_argument("--rng", action="store_true", help="an entropy source (/dev/urandom)")
+    kind.add_argument("--fs", metavar="DIR", help="a host directory, as virtio-fs "
+                      "(in the guest: mount -t virtiofs TAG /mnt)")
+    p.add_argument("--tag", help="the virtio-fs tag the guest mounts by (with --fs)")
+    p.add_argument("--ro", action="store_true", help="with --fs: refuse every write (EROFS)")
     p.add_argument("--mac", help="the net device's MAC address")
     # QEMU's vhost-user-blk asks for as many queues as the guest has vCPUs and refuses
     # to start if GET_QUEUE_NUM says fewer; a guest uses min(queues, its CPUs).
@@ -58,6 +65,10 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if not 1 <= args.queues <= MAX_QUEUES:
         p.error(f"--queues must be 1..{MAX_QUEUES}")
+    if args.fs and not args.tag:
+        p.error("--fs needs --tag (the name the guest mounts it by)")
+    if (args.tag or args.ro) and not args.fs:
+        p.error("--tag and --ro go with --fs")
     wanted = 2 if args.net == "pair" else 1
     if len(args.socket) != wanted:
         p.error(f"this device needs {wanted} --socket path(s), not {len(args.socket)}")
@@ -73,6 +84,8 @@ def build(args):
         return [devices.net_tap(args.net, mac=args.mac)]
     if args.console:
         return [devices.console()]
+    if args.fs:
+        return [devices.fs(args.fs, args.tag, read_only=args.ro)]
     return [devices.rng()]
 
 
@@ -107,6 +120,7 @@ def main(argv=None):
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
+        require_x86_host()         # before any device is opened (L:733)
         serve(build(args), args.socket, stop, isolate=args.isolate)
     except LguestError as e:
         print(f"lguest vhost-user: {e}", file=sys.stderr)

@@ -17,16 +17,35 @@
 
 import logging
 import os
+import platform
 import select
 import struct
 import threading
 
 from ..devices.base import InlineRunner, serve_until_idle
-from ..errors import GuestError
+from ..errors import GuestError, LauncherError
 
 log = logging.getLogger("lguest.vhost_user")
 
 ONE = struct.pack("<Q", 1)
+
+#L:733 The rings are shared with a front-end running on other CPUs at the same time,
+# and the ring code (L:220, L:230) has no memory barriers of its own: it relies on
+# x86's ordering (loads are not reordered with loads, nor stores with stores), under
+# which the order CPython makes its reads and writes is the order the other CPU sees
+# them. On a weakly ordered CPU (arm64, POWER, RISC-V) a front-end could see the used
+# index before the used entry, or we could read a descriptor before the avail index
+# that published it. So until the barriers are written, we refuse to serve elsewhere.
+X86_MACHINES = ("x86_64", "amd64", "i386", "i486", "i586", "i686", "x86")
+
+
+def require_x86_host(machine=None):
+    """LauncherError unless this host is x86 (L:733)."""
+    machine = machine if machine is not None else platform.machine()
+    if machine.lower() not in X86_MACHINES:
+        raise LauncherError(f"this host is {machine or 'of an unknown architecture'}: the "
+                            "ring code's memory ordering is correct on x86 hosts only, so "
+                            "vhost-user rings are not served here")
 
 
 class Vring:

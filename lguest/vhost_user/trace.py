@@ -5,7 +5,7 @@
 # so its stream is taken one level up: every message the front-end sent (as parsed,
 # with our reply), and for every kick the chains the device popped (the descriptors
 # and the bytes the guest had put in them), what it pushed back (head, length, bytes)
-# and whether it interrupted. A `recorder` on VhostUserBackend sees all of that through
+# and whether it interrupted. A `recorder` on VhostUserTransport sees all of that through
 # four hooks: message(), queue() (wraps the ring a device will use), serving() (wraps a
 # ring's kick) and call(). With no recorder each hook is one None check.
 #
@@ -35,10 +35,9 @@ DESC = struct.Struct("<QIHH")
 U16 = struct.Struct("<H")
 
 # Feature bit names for diffs: the transport's, then each device kind's own.
-FEATURE_NAMES = {28: "RING_INDIRECT_DESC", 29: "RING_EVENT_IDX", 30: "PROTOCOL_FEATURES",
-                 32: "VERSION_1"}
-DEVICE_FEATURE_NAMES = {"block": {2: "SEG_MAX", 5: "RO", 9: "FLUSH"},
-                        "console": {0: "SIZE", 1: "MULTIPORT", 2: "EMERG_WRITE"}}
+FEATURE_NAMES = {**virtio.FEATURE_NAMES, P.F_PROTOCOL_FEATURES: "PROTOCOL_FEATURES"}
+DEVICE_FEATURE_NAMES = {"block": virtio.DEVICE_FEATURE_NAMES[virtio.ID_BLOCK],
+                        "console": virtio.DEVICE_FEATURE_NAMES[virtio.ID_CONSOLE]}
 
 
 # -- what a message says, for people reading the stream ----------------------------------
@@ -156,7 +155,7 @@ class TraceRecorder:
 
 
 class DeviceRecorder:
-    """The `recorder` of one VhostUserBackend (L:720)."""
+    """The `recorder` of one VhostUserTransport (L:720)."""
 
     def __init__(self, trace, name):
         self.trace = trace

@@ -9,23 +9,24 @@ import tempfile
 
 from ..backends.tracefile import TraceDivergence, TraceError, read_trace
 from ..devices.block import CONFIG_SEG_MAX
-from ..devices.inmemory import BufferSink, MemoryStore
+from ..devices.inmemory import BufferSink
 from . import protocol as P
 from .trace import (DEVICE_FEATURE_NAMES, FEATURE_NAMES, KIND, U16, describe_error,
                     interrupt_fields, make_image, pop_event, push_event)
 
 
 def build_device(spec):
-    """The device a header's device spec names, over in-memory resources."""
-    from ..devices.block import BlockDevice
-    from ..devices.console import ConsoleDevice
-    if spec["kind"] == "block":
-        store = MemoryStore(make_image(spec["size"], spec["seed"]), read_only=spec.get("read_only", False))
-        return BlockDevice(store, read_only=spec.get("read_only", False), name=spec["name"]), store
-    if spec["kind"] == "console":
-        sink = BufferSink()
-        return ConsoleDevice(sink, name=spec["name"]), sink
-    raise TraceError(f"cannot replay a {spec['kind']!r} device")
+    """The device a header's device spec names, from the factory (L:940) over memory.
+    Returns (device, its disk store or console sink). Recorded devices had no serial."""
+    from ..config import DeviceSpec
+    from ..host.factory import InMemoryResources, make_device
+    if spec["kind"] not in ("block", "console"):
+        raise TraceError(f"cannot replay a {spec['kind']!r} device")
+    image = lambda _: make_image(spec["size"], spec["seed"])       # noqa: E731
+    built = make_device(DeviceSpec(spec["kind"], read_only=spec.get("read_only", False),
+                                   name=spec["name"]),
+                        InMemoryResources(BufferSink(), image=image, serial=None))
+    return built.device, built.resources[0]
 
 
 def final_state(spec, resource):
@@ -302,7 +303,7 @@ def replay(path, *, device_hook=None):
 
     `device_hook(name, device)` may change a rebuilt device before the replay (the
     tests use it to show that a changed device is caught). Returns a summary dict."""
-    from .backend import VhostUserBackend
+    from .backend import VhostUserTransport
     header, records = read_trace(path, kind=KIND)
     specs = {spec["name"]: spec for spec in header["config"]["devices"]}
     for n, record in enumerate(records, 2):
@@ -321,7 +322,7 @@ def replay(path, *, device_hook=None):
                 if r["type"] == "kick" and r["dev"] == name and r["start"]:
                     starts.setdefault(r["vq"], []).append(r)
             checker = checkers[name] = DeviceChecker(name, starts)
-            backend = backends[name] = VhostUserBackend(device)
+            backend = backends[name] = VhostUserTransport(device)
             _offer_as_recorded(backend, [r for r in records if r["dev"] == name])
             backend.recorder = checker
             backend.watcher_factory = checker.watcher

@@ -18,9 +18,9 @@ import threading
 
 import pytest
 
-from lguest.errors import LauncherError
 from lguest.uml import kit, process
-from lguest.uml.servers import VIRTIO_ID_BLOCK, wait_for_socket
+from lguest.uml.servers import wait_for_socket
+from lguest.virtio import ID_BLOCK
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BLOCK = 4096
@@ -103,7 +103,7 @@ def one_run(uml, workdir, rng, kill_within=(2.0, 5.0)):
             # Boot takes ~1.5 s; the kill lands during boot or mid-write. Once the
             # back-end is gone the guest's I/O stalls, so the timeout ends the boot.
             process.boot(uml, GUEST_SCRIPT, boot_dir, timeout=delay + 4, on_stdout=on_stdout,
-                         devices=[(sock, VIRTIO_ID_BLOCK)], wait=["vda"])
+                         devices=[(sock, ID_BLOCK)], wait=["vda"])
         finally:
             killer.cancel()
     finally:
@@ -113,14 +113,6 @@ def one_run(uml, workdir, rng, kill_within=(2.0, 5.0)):
     acked = max(acks, default=0)
     checked, losses = check_image(image, acked)
     return acked, checked, losses
-
-
-@pytest.fixture(scope="module")
-def uml():
-    try:
-        return kit.ensure_kit()
-    except LauncherError as e:
-        pytest.skip(f"no UML guest kit: {e}")
 
 
 def test_uml_acknowledged_syncs_survive_sigkill_of_the_backend(uml):

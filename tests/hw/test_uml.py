@@ -15,20 +15,10 @@ import time
 
 import pytest
 
-from lguest.errors import LauncherError
-from lguest.uml import kit
 from lguest.uml.guest import Guest, GuestFailed, GuestTimeout
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TIMEOUT = 40
-
-
-@pytest.fixture(scope="module")
-def uml():
-    try:
-        return kit.ensure_kit()
-    except LauncherError as e:
-        pytest.skip(f"no UML guest kit: {e}")
 
 
 @pytest.fixture

@@ -15,18 +15,8 @@ import tempfile
 
 import pytest
 
-from lguest.errors import LauncherError
-from lguest.uml import kit
 from lguest.uml.guest import Guest
 from lguest.uml.pair import run_pair
-
-
-@pytest.fixture(scope="module")
-def uml():
-    try:
-        return kit.ensure_kit()
-    except LauncherError as e:
-        pytest.skip(f"no UML guest kit: {e}")
 
 
 @pytest.fixture(autouse=True)

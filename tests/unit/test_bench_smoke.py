@@ -17,8 +17,9 @@ import sim  # noqa: E402
 
 
 def test_every_section_module_imports():
-    import blk, boot, console, kvm, net, suite  # noqa: F401
-    assert set(suite.SECTIONS) >= {"blk", "boot", "console", "net", "kvm", "sim", "memory"}
+    import blk, boot, console, fs, fs_relay, kvm, net, suite, lguest_host, lguest_traps, seed_launcher  # noqa: F401
+    assert set(suite.SECTIONS) >= {"blk", "boot", "console", "net", "fs", "kvm", "sim", "memory",
+                                   "lguest-host"}
 
 
 def test_simulation_measures_positive_rates():
@@ -79,3 +80,60 @@ def test_flush_syncs_only_what_was_written(tmp_path, monkeypatch):
         assert len(synced) == 2
     finally:
         store.close()
+
+
+def test_trap_stream_bench_counts_every_trap_of_its_stream():
+    import lguest_traps
+    ours, floor, (traps, getregs, setregs, printed) = lguest_traps.measure(0.01, 1)
+    assert ours[0] > 0 and floor[0] > 0
+    assert traps == 1000 + 2 * 200 + 2 * 20 + 6      # PIT reads, char pairs, MMIO, window set-up
+    assert printed == 200                            # one console byte per pair
+    assert 3 <= getregs / traps <= 4 and 1 <= setregs / traps <= 2
+
+
+def test_lguest_host_rows_ignore_runs_that_never_reached_init():
+    import lguest_host
+
+    def run(which, kind, init, exit_, io=None):
+        marks = {"BENCH-INIT": [init, 0]} if init is not None else {}
+        return {"which": which, "kind": kind, "marks": marks, "exit": exit_, "io": io, "round": 0,
+                "status": 1}
+    io = {"hvc_Bps": 2048.0, "read_MBps": 10.0, "write_MBps": 8.0}
+    records = [run("c", "boot", 4.0, 4.5), run("ours", "boot", 8.0, 9.0),
+               run("ours", "boot", None, 0.5),            # failed early: must not count
+               run("c", "io", 4.0, 9.0, io), run("ours", "io", 8.0, 20.0, dict(io, hvc_Bps=1024.0)),
+               {"counts": {"traps": 1000, "getreg": 3000, "setreg": 2000, "profile": {}},
+                "run": {"marks": {}, "exit": 1.0}}]
+    rows = {r.metric.split(" (")[0]: r for r in lguest_host.rows_from(records)}
+    assert rows["start -> guest /init"].ratio == 2.0
+    assert rows["start -> launcher exit"].ratio == 2.0
+    assert rows["hvc0 output"].ratio == 0.5 and rows["hvc0 output"].holds() is False
+    assert rows["cost per trap:"].ours == pytest.approx(9000)
+
+
+def test_the_seed_restores_to_c_with_directives_on_their_own_lines():
+    import seed_launcher
+    with open(seed_launcher.seed_path(), encoding="utf-8") as f:
+        source = seed_launcher.restore(f.read())
+    assert "\u00ae" not in source and "\u00ac" not in source
+    assert "dev_and_reg(&reg)" in source and "&notify" in source
+    lines = source.splitlines()
+    assert "#include <stdio.h>" in lines and "#define PCI_CONFIG_ADDR 0xCF8" in lines
+    assert any(line.startswith("#define verbose(args...) \\") for line in lines)
+    for line in lines:
+        if "#include" in line:
+            assert line.startswith("#include")
+
+
+def test_the_seed_launcher_compiles_for_i386():
+    import shutil
+    import subprocess
+    import seed_launcher
+    if not shutil.which("gcc") or subprocess.run(
+            ["gcc", "-m32", "-print-file-name=libc.a"], capture_output=True, text=True
+            ).stdout.strip() in ("", "libc.a"):
+        pytest.skip("no gcc with i386 multilib (gcc-multilib, libc6-dev-i386)")
+    binary = seed_launcher.build()
+    with open(binary, "rb") as f:
+        header = f.read(20)
+    assert header[:4] == b"\x7fELF" and header[4] == 1 and header[18] == 3   # 32-bit, EM_386

@@ -32,7 +32,7 @@ CI_RUNS = 50
 ZYGOTE = r"""
 import os, sys
 sys.path.insert(0, sys.argv[1])
-from lguest.vhost_user import devices
+from lguest.vhost_user import served as devices
 from lguest.vhost_user.server import VhostUserServer
 for line in sys.stdin:
     while True:                       # reap the children the parent has finished with

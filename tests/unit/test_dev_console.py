@@ -6,15 +6,7 @@ from lguest.devices import console as con
 from lguest.errors import GuestError
 from test_dev_rings import GuestRing
 from lguest.memory import GuestMemory
-
-
-class Sink:
-    def __init__(self):
-        self.data = bytearray()
-
-    def write(self, views):
-        for v in views:
-            self.data += v
+from lguest.devices.inmemory import BufferSink as Sink
 
 
 class Source:

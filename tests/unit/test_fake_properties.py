@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 from hypothesis import given, settings, strategies as st
+from hypothesis_budget import examples
 
 from lguest.backends.fake_guest import BLK_IN, BLK_OUT, BLK_OUTHDR, GuestKernel
 from lguest.devices.base import InlineRunner
@@ -23,7 +24,7 @@ from lguest.virtio import (F_RING_INDIRECT_DESC, F_VERSION_1, ID_BLOCK, ID_CONSO
 from lguest import virtqueue
 
 KINDS = ["console", "block:8", "rng"]
-TRAP_EXAMPLES = 20
+TRAP_EXAMPLES = examples(20)     # every example is a whole simulated run
 
 
 class DirectGuest:

@@ -21,12 +21,11 @@ import pytest
 from lguest.config import DeviceSpec
 from lguest.devices import net
 from lguest.devices.block import BlockDevice
-from lguest.errors import LauncherError
 from lguest.host import build_device
-from lguest.host.tap import open_tap
-from lguest.vhost_user.backend import VhostUserBackend
+from lguest.vhost_user.backend import VhostUserTransport
 from lguest.vhost_user.frontend import Frontend
 from lguest.vhost_user.server import VhostUserServer
+from host_probes import needs_tap
 from test_dev_transport import Guest
 
 SECTOR = 512
@@ -161,15 +160,7 @@ def test_eio_from_a_device_mapper_error_target(caplog):
         subprocess.run(["dmsetup", "remove", name], check=False)
 
 
-def _tap_missing():
-    try:
-        open_tap().close()
-    except LauncherError as e:
-        return str(e)
-    return None
-
-
-@pytest.mark.skipif(_tap_missing() is not None, reason=f"no tap: {_tap_missing()}")
+@needs_tap
 def test_tap_that_disappears_is_survived_without_spinning(caplog):
     host = build_device(DeviceSpec("net", ip="10.213.9.1"))
     guest = Guest(host.device, runners=[host.runner])
@@ -233,7 +224,7 @@ class SlowStore:
 def test_front_end_disconnecting_mid_request(tmp_path):
     store = SlowStore()
     path = f"/tmp/lguest-faults-{os.getpid()}.sock"
-    server = VhostUserServer(VhostUserBackend(BlockDevice(store)), path)
+    server = VhostUserServer(VhostUserTransport(BlockDevice(store)), path)
     server.serve_in_thread()
     threads_before = threading.active_count()
     try:

@@ -1,10 +1,8 @@
-"""The block store on real files, and the block device served by threads through the
-transport: data safe across resets, no leaked threads or fds."""
+"""The block store on real files, and what a block device over one answers when the file
+goes wrong. The block device served by the threaded runner is in test_host_runner.py."""
 
 import os
 import struct
-import threading
-import time
 
 import pytest
 
@@ -76,56 +74,5 @@ def test_shrunk_file_answers_ioerr_through_the_transport(tmp_path):
     h.kick(0)
     (used,) = h.queue(0).collect()
     assert used.len == 1 and guest.memory.read_u8(status) == blk.S_IOERR
-    guest.close()
-    host.close()
-
-
-def wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.002)
-    return predicate()
-
-
-def test_threaded_block_serves_a_full_ring(tmp_path):
-    path = tmp_path / "img"
-    path.write_bytes(bytes(256 * 512))
-    host = build_device(DeviceSpec("block", path=str(path)))
-    guest = Guest(host.device, runners=[host.runner])
-    (h,) = guest.handles
-    queue = h.queue(0)
-    for sector in range(200):
-        queue.add_buffer([struct.pack("<IIQ", blk.T_OUT, 0, sector), struct.pack("<I", sector) * 128], [1])
-    h.kick(0)
-    used = []
-    assert wait_for(lambda: used.extend(queue.collect()) or len(used) == 200)
-    assert all(u.data == bytes([blk.S_OK]) for u in used)
-    contents = path.read_bytes()
-    assert all(contents[s * 512:s * 512 + 4] == struct.pack("<I", s) for s in range(200))
-    guest.close()
-    host.close()
-
-
-def test_many_resets_through_the_transport_leak_nothing(tmp_path):
-    path = tmp_path / "img"
-    path.write_bytes(bytes(16 * 512))
-    host = build_device(DeviceSpec("block", path=str(path)))
-    guest = Guest(host.device, runners=[host.runner])
-    (h,) = guest.handles
-    fds, threads = len(os.listdir("/proc/self/fd")), threading.active_count()
-    for i in range(40):
-        h.negotiate()                       # resets first
-        h.setup_queues()
-        h.driver_ok()
-        assert threading.active_count() == threads
-        queue = h.queue(0)
-        queue.add_buffer([struct.pack("<IIQ", blk.T_OUT, 0, i % 16), bytes([i]) * 512], [1])
-        h.kick(0)
-        assert wait_for(lambda: queue.poll(queue.last_used_idx))
-    h.reset()
-    assert threading.active_count() == threads - 1      # the thread of the first DRIVER_OK
-    assert len(os.listdir("/proc/self/fd")) == fds - 2  # ... and its kick and stop eventfds
     guest.close()
     host.close()

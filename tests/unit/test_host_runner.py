@@ -5,17 +5,18 @@ import struct
 import threading
 import time
 
-import pytest
-
+from lguest.config import DeviceSpec
 from lguest.devices import block as blk
 from lguest.devices.console import INPUT, OUTPUT, ConsoleDevice
 from lguest.devices.rng import RngDevice
+from lguest.host import build_device
 from lguest.host.block import FileStore
 from lguest.host.console import FdSource
 from lguest.host.runner import ThreadedRunner
 from lguest.memory import GuestMemory
 from lguest.virtio import VRING_AVAIL_F_NO_INTERRUPT
 from test_dev_rings import GuestRing
+from test_dev_transport import Guest
 
 
 def wait_for(predicate, timeout=5.0):
@@ -212,3 +213,50 @@ def test_reset_mid_transfer_loses_nothing_acknowledged(tmp_path):
         assert written == 1
         assert contents[sector * 512:(sector + 1) * 512] == data
     store.close()
+
+
+# -- a block device on a file, served by the runner through the PCI transport -----------
+def served_block(tmp_path, sectors):
+    path = tmp_path / "img"
+    path.write_bytes(bytes(sectors * 512))
+    host = build_device(DeviceSpec("block", path=str(path)))
+    guest = Guest(host.device, runners=[host.runner])
+    return path, host, guest, guest.handles[0]
+
+
+def write_request(sector, data):
+    return [struct.pack("<IIQ", blk.T_OUT, 0, sector), data], [1]
+
+
+def test_threaded_block_serves_a_full_ring(tmp_path):
+    path, host, guest, h = served_block(tmp_path, 256)
+    queue = h.queue(0)
+    for sector in range(200):
+        queue.add_buffer(*write_request(sector, struct.pack("<I", sector) * 128))
+    h.kick(0)
+    used = []
+    assert wait_for(lambda: used.extend(queue.collect()) or len(used) == 200, timeout=10)
+    assert all(u.data == bytes([blk.S_OK]) for u in used)
+    contents = path.read_bytes()
+    assert all(contents[s * 512:s * 512 + 4] == struct.pack("<I", s) for s in range(200))
+    guest.close()
+    host.close()
+
+
+def test_many_resets_through_the_transport_leak_nothing(tmp_path):
+    _, host, guest, h = served_block(tmp_path, 16)
+    fds, threads = open_fds(), threading.active_count()
+    for i in range(40):
+        h.negotiate()                       # resets first
+        h.setup_queues()
+        h.driver_ok()
+        assert threading.active_count() == threads
+        queue = h.queue(0)
+        queue.add_buffer(*write_request(i % 16, bytes([i]) * 512))
+        h.kick(0)
+        assert wait_for(lambda: queue.poll(queue.last_used_idx), timeout=10)
+    h.reset()
+    assert threading.active_count() == threads - 1      # the thread of the first DRIVER_OK
+    assert open_fds() == fds - 2                        # ... and its kick and stop eventfds
+    guest.close()
+    host.close()

@@ -14,6 +14,7 @@ import struct
 import tempfile
 
 from hypothesis import example, given, settings, strategies as st
+from hypothesis_budget import examples
 
 from lguest.devices.block import BlockDevice
 from lguest.devices.console import ConsoleDevice
@@ -25,8 +26,7 @@ from lguest.virtio import STATUS_DEVICE_NEEDS_RESET
 from test_dev_transport import Guest
 
 # CI: 100 per property; scripts/fuzz-campaign (HYPOTHESIS_PROFILE=long): 5,000.
-LONG = os.environ.get("HYPOTHESIS_PROFILE") == "long"
-EXAMPLES = 5000 if LONG else 100
+EXAMPLES = examples(100)          # the long profile's 5,000 in a campaign
 SECTORS = 32
 SECTOR = 512
 
@@ -193,7 +193,7 @@ class Sink:
         self.bytes += sum(v.nbytes for v in views)
 
 
-@settings(max_examples=1000 if LONG else 50)
+@settings(max_examples=examples(50, long=1000))
 @given(st.lists(st.integers(0, 70000), min_size=1, max_size=40))
 def test_console_flood(sizes):
     sink = Sink()

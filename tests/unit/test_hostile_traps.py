@@ -8,9 +8,9 @@ be long, and the guest runs on to its end.
 test_x86.py round-trips well-formed encodings; test_fake_properties.py checks illegal
 driver behaviour through traps; this is the garbage-bytes gap."""
 
-import os
 
 from hypothesis import given, settings, strategies as st
+from hypothesis_budget import examples
 
 from lguest import x86
 from lguest.backends import GuestDied
@@ -21,8 +21,7 @@ from lguest.launcher import run_guest
 from lguest.memory import GuestMemory
 from lguest.pci.bus import PciBus
 
-LONG = os.environ.get("HYPOTHESIS_PROFILE") == "long"
-EXAMPLES = 5000 if LONG else 200
+EXAMPLES = examples(200)          # the long profile's 5,000 in a campaign
 MAX_X86_INSN = 15
 
 insn_bytes = st.one_of(

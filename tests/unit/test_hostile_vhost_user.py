@@ -18,16 +18,16 @@ import time
 
 import pytest
 from hypothesis import given, settings, strategies as st
+from hypothesis_budget import examples
 
 from lguest.devices.block import BlockDevice
 from lguest.errors import GuestError
 from lguest.devices.inmemory import MemoryStore
 from lguest.vhost_user import protocol as P
-from lguest.vhost_user.backend import VhostUserBackend
+from lguest.vhost_user.backend import VhostUserTransport
 
 # CI: 150 per property; scripts/fuzz-campaign (HYPOTHESIS_PROFILE=long): 5,000.
-LONG = os.environ.get("HYPOTHESIS_PROFILE") == "long"
-EXAMPLES = 5000 if LONG else 150
+EXAMPLES = examples(150)          # the long profile's 5,000 in a campaign
 MEMFD_SIZES = (0, 4096, 64 << 10)
 KNOWN = [getattr(P, n) for n in dir(P) if n.isupper() and isinstance(getattr(P, n), int)
          and n in {"GET_FEATURES", "SET_FEATURES", "SET_OWNER", "RESET_OWNER", "SET_MEM_TABLE",
@@ -128,7 +128,7 @@ def test_hostile_message_streams_only_raise_guest_errors_and_close_every_fd(msgs
     threads = threading.active_count()
     fds_before = open_fds()
     store = MemoryStore(bytes(64 * 512))
-    backend = VhostUserBackend(BlockDevice(store))
+    backend = VhostUserTransport(BlockDevice(store))
     kicks = []
     memfd = None
     with Watchdog():
@@ -185,10 +185,10 @@ import os, socket, struct, sys, threading, time
 sys.path.insert(0, sys.argv[1])
 from lguest.devices.block import BlockDevice
 from lguest.devices.inmemory import MemoryStore
-from lguest.vhost_user.backend import VhostUserBackend
+from lguest.vhost_user.backend import VhostUserTransport
 from lguest.vhost_user.frontend import Frontend
 from lguest.vhost_user.server import serve_connection
-backend = VhostUserBackend(BlockDevice(MemoryStore(bytes(64 * 512))))
+backend = VhostUserTransport(BlockDevice(MemoryStore(bytes(64 * 512))))
 ours, theirs = socket.socketpair()
 threading.Thread(target=serve_connection, args=(backend, theirs), daemon=True).start()
 fe = Frontend(ours, regions=((0, 1 << 20),))

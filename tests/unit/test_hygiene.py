@@ -23,7 +23,7 @@ from lguest.host import build_device
 from lguest.launcher import launch
 from lguest.memory import GuestMemory
 from lguest.pci.bus import PciBus
-from lguest.vhost_user.backend import VhostUserBackend
+from lguest.vhost_user.backend import VhostUserTransport
 from lguest.devices.block import BlockDevice
 from lguest.host.block import FileStore
 from lguest.vhost_user.frontend import Frontend
@@ -117,7 +117,7 @@ def test_vhost_user_reconnects(tmp_path):
     image.write_bytes(bytes(64 * SECTOR))
     store = FileStore(str(image))
     path = f"/tmp/lguest-hygiene-{os.getpid()}.sock"
-    server = VhostUserServer(VhostUserBackend(BlockDevice(store)), path)
+    server = VhostUserServer(VhostUserTransport(BlockDevice(store)), path)
     server.serve_in_thread()
 
     def body(i):

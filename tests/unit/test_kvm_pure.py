@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 
 from lguest.backends.kvm import boot, ioctls as K
 from lguest.backends.kvm.backend import guest_cpuid, warn_if_pvm
-from lguest.backends.kvm.devices import Cmos, LegacyPorts, Serial8250
+from lguest.backends.kvm.legacy_ports import Cmos, LegacyPorts, Serial8250
 from lguest.backends.kvm.msix import MsixTable
 from lguest.backends.kvm.vm import Sregs, default_routing, routing_msi
 from lguest.pci.registers import VIRTIO_MSI_NO_VECTOR
@@ -185,3 +185,95 @@ def test_msix_capability_only_lets_enable_and_mask_change():
     assert not config.write(reg + 1, 0, 4, 0)      # the table offset is read-only
     assert config.write(reg, 2, 2, 0x0000) and not table.enabled()
     assert isinstance(config, PciConfig)
+
+
+# -- INTx is a level, held until the driver reads ISR (L:406, L:645) ----------------------
+class LineRecorder:
+    """The VM's interrupt-line ioctls, recorded."""
+
+    def __init__(self):
+        self.calls = []
+
+    def irq_line(self, irq, level):
+        self.calls.append((irq, level))
+
+    def pulse_irq(self, irq):
+        self.calls.append((irq, "pulse"))
+
+
+@pytest.fixture
+def kvm_bus():
+    from lguest.backends.kvm.backend import KvmBackend
+    from lguest.devices.inmemory import CountingEntropy
+    from lguest.devices.rng import RngDevice
+    from lguest.memory import GuestMemory
+    from lguest.pci.bus import PciBus
+    backend = KvmBackend.__new__(KvmBackend)       # no /dev/kvm: only the line logic
+    backend.irqchip, backend.msix, backend.msix_tables = True, False, []
+    backend.vm = LineRecorder()
+    memory = GuestMemory(1 << 20)
+    bus = PciBus(memory)
+    transport = bus.add_device(RngDevice(CountingEntropy()))
+    backend.attach_bus(bus)
+    backend.vm.calls.clear()
+    yield backend, bus, transport
+    memory.close()
+
+
+def read_isr(bus, transport):
+    from lguest.pci.bus import MMIO
+    from lguest.pci.registers import ISR_OFFSET
+    return bus.access(MMIO, transport.mmio_addr + ISR_OFFSET, 1, False)
+
+
+def test_pci_intx_stays_up_until_the_isr_read(kvm_bus):
+    backend, bus, t = kvm_bus
+    line, calls = t.irq_line, backend.vm.calls
+    t.interrupt(0)
+    t.interrupt(0)
+    assert calls == [(line, 1), (line, 1)]                # raised, never pulsed or lowered
+    assert read_isr(bus, t) == 1                          # ISR_QUEUE
+    assert calls[-1] == (line, 0)                         # the read lowers it
+    assert read_isr(bus, t) == 0 and calls[-1] == (line, 0)   # nothing pending: stays down
+    backend.interrupt(4)                                  # the UART's ISA line: still an edge
+    assert calls[-1] == (4, "pulse")
+
+
+def test_an_interrupt_racing_the_isr_read_raises_the_line_again(kvm_bus):
+    backend, bus, t = kvm_bus
+    line, calls = t.irq_line, backend.vm.calls
+    lower = bus.irq_lower_sink
+
+    def lower_after_a_queue_thread_interrupts(irq):
+        bus.irq_lower_sink = lower
+        t.interrupt(0)          # between ISR's clearing and the line going down
+        lower(irq)
+    t.interrupt(0)
+    bus.irq_lower_sink = lower_after_a_queue_thread_interrupts
+    assert read_isr(bus, t) == 1
+    assert calls == [(line, 1), (line, 1), (line, 0), (line, 1)]   # up again: ISR is set
+    assert read_isr(bus, t) == 1 and calls[-1] == (line, 0)
+
+
+def test_a_reset_lowers_the_line(kvm_bus):
+    backend, bus, t = kvm_bus
+    t.interrupt(0)
+    t.reset()
+    assert backend.vm.calls[-1] == (t.irq_line, 0) and read_isr(bus, t) == 0
+
+
+def test_where_raising_is_an_event_an_isr_read_adds_none():
+    from lguest.devices.inmemory import CountingEntropy
+    from lguest.devices.rng import RngDevice
+    from lguest.memory import GuestMemory
+    from lguest.pci.bus import PciBus
+    memory = GuestMemory(1 << 20)
+    try:
+        bus = PciBus(memory)
+        raised = []
+        bus.irq_sink = raised.append               # as the lguest and fake backends do
+        t = bus.add_device(RngDevice(CountingEntropy()))
+        t.interrupt(0)
+        assert read_isr(bus, t) == 1 and raised == [t.irq_line]
+    finally:
+        memory.close()

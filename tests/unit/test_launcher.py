@@ -53,7 +53,7 @@ def test_kernel_none_needs_the_fake_backend(monkeypatch):
         def get_reg(self, name): return 0
         def set_reg(self, name, value): pass
         def interrupt(self, irq): pass
-    monkeypatch.setattr("lguest.backends.base.open_backend", lambda name=None, **k: NoGuest())
+    monkeypatch.setattr("lguest.backends.choose.open_backend", lambda name=None, **k: NoGuest())
     with pytest.raises(LauncherError, match="kernel image is needed"):
         launch(LaunchConfig(mem_mb=4, kernel="none", backend="kvm"))
 
@@ -140,6 +140,14 @@ def test_fake_backend_with_a_real_image_loads_and_checks_it(tmp_path, capsys):
     broken.write_bytes(b"not a kernel" * 100)
     with pytest.raises(LauncherError, match="bzImage"):
         launch(LaunchConfig(mem_mb=8, kernel=str(broken), backend="fake"))
+
+
+def test_a_64_bit_elf_on_the_fake_backend_is_one_clear_error(tmp_path):
+    from tests.unit.test_loader import make_elf
+    kernel = tmp_path / "vmlinux64"
+    kernel.write_bytes(make_elf([(1, 0x1000000, b"\x90" * 64, 4096)], entry=0x1000000, bits=64))
+    with pytest.raises(LauncherError, match="64-bit ELF kernel.*32-bit kernels only"):
+        launch(LaunchConfig(mem_mb=32, kernel=str(kernel), backend="fake"))
 
 
 def test_any_run_can_be_recorded_with_lguest_trace(tmp_path, monkeypatch, capsys):

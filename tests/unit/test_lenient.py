@@ -24,6 +24,7 @@ from lguest.pci.bus import PciBus
 from lguest.pci.transport import OFFSET, ISR_OFFSET, PADDING_OFFSET
 from lguest.virtio import (ISR_CONFIG, STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER_OK,
                            VRING_DESC_F_NEXT)
+from test_pci_config import cfg_read, window
 
 MEM = 8 << 20
 
@@ -217,3 +218,30 @@ def test_launcher_strict_without_the_flag(monkeypatch):
     monkeypatch.setattr(fake_guest, "default_scenario", _rude)
     with pytest.raises(GuestError):
         launch(LaunchConfig(mem_mb=4, kernel="none", backend="fake"))
+
+
+# -- the PCI_CFG window (L:434) is a way to misuse a device like any other ----------------
+def test_lenient_bad_window_read_needs_a_reset_and_does_not_end_us(machine):
+    first, second = machine.transports
+    window(machine.bus, first.slot, 1, 0, 4)            # BAR 1: we have only BAR 0
+    assert cfg_read(machine.bus, first.slot, 148, 4) == 0xFFFFFFFF
+    assert first.broken.rule == "Invalid cfg_access to bar"
+    assert first.status & STATUS_DEVICE_NEEDS_RESET
+    assert second.broken is None and machine.entropy(machine.handles[1])   # the other goes on
+
+
+def test_strict_bad_window_read_still_raises():
+    m = Machine(lenient=False)
+    try:
+        window(m.bus, 1, 1, 0, 4)
+        with pytest.raises(GuestError) as e:
+            cfg_read(m.bus, 1, 148, 4)
+        assert e.value.rule == "Invalid cfg_access to bar"
+    finally:
+        m.close()
+
+
+def test_lenient_bad_window_read_on_the_host_bridge_reads_all_ones(machine):
+    window(machine.bus, 0, 0, 0, 4)
+    assert cfg_read(machine.bus, 0, 148, 4) == 0xFFFFFFFF
+    assert all(t.broken is None for t in machine.transports)

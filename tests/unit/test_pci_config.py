@@ -1,16 +1,19 @@
 """PCI config space: reads and writes of every width at every offset, through the
 0xCF8/0xCFC ports, against a model of struct pci_config written out byte by byte
-from the seed and the virtio 1.0 spec (not from lguest.pci.config's tables)."""
+from the seed and the virtio 1.0 spec (not from lguest.pci.config's tables): the
+model and PciConfigMachine are lguest.testing's (lguest/testing/pci_config.py)."""
 
 import pytest
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from lguest.devices.base import VirtioDevice
 from lguest.errors import GuestError
 from lguest.memory import GuestMemory
 from lguest.pci import config as pc
 from lguest.pci.bus import MMIO, PIO, PciBus, UnclaimedAccess
+from lguest.testing import PciConfigMachine
+from lguest.testing.pci_config import (cfg_read, cfg_write, config_writes, expected_image,
+                                       model_read, model_write)
 
 
 class Console(VirtioDevice):
@@ -27,35 +30,6 @@ class Rng(VirtioDevice):
     queue_names = ("input",)
 
 
-def put(image, off, size, value):
-    image[off:off + size] = value.to_bytes(size, "little")
-
-
-def expected_image(device_type, cls, subclass, irq, bar0, config_len):
-    """struct pci_config as init_pci_config() + set_device_config() leave it."""
-    img = bytearray(152)
-    put(img, 0, 2, 0x1AF4)
-    put(img, 2, 2, 0x1040 + device_type)
-    put(img, 6, 2, 0x10)                     # status: capability list
-    img[8] = 1                               # revision
-    img[10], img[11] = subclass, cls
-    put(img, 16, 4, bar0)
-    put(img, 46, 2, 0x40)                    # subsystem device id
-    img[52] = 64                             # capabilities pointer
-    img[60] = irq
-    # struct virtio_pci_cap: vndr 9, next, len, cfg_type, bar 0, pad, offset, length
-    def cap(at, nxt, length, cfg_type, offset, bar_len):
-        img[at:at + 4] = bytes([9, nxt, length, cfg_type])
-        put(img, at + 8, 4, offset)
-        put(img, at + 12, 4, bar_len)
-    cap(64, 80, 16, 1, 0, 56)                # common config
-    cap(80, 100, 20, 2, 56, 2)               # notify (multiplier 0 at 96)
-    cap(100, 132, 16, 3, 58, 1)              # ISR
-    cap(116, 0, 16, 4, 60, config_len)       # device config
-    cap(132, 116 if config_len else 0, 20, 5, 0, 0)   # PCI_CFG window
-    return img
-
-
 @pytest.fixture
 def bus():
     with GuestMemory(1 << 20) as memory:
@@ -63,21 +37,6 @@ def bus():
         b.add_device(Console())
         b.add_device(Rng())
         yield b
-
-
-def cfg_read(bus, slot, off, size, port_off=None):
-    bus.access(PIO, 0xCF8, 4, True, 0x80000000 | (slot << 11) | (off & 0xFC))
-    return bus.access(PIO, 0xCFC + (off & 3 if port_off is None else port_off), size, False)
-
-
-def cfg_write(bus, slot, off, size, value):
-    bus.access(PIO, 0xCF8, 4, True, 0x80000000 | (slot << 11) | (off & 0xFC))
-    return bus.access(PIO, 0xCFC + (off & 3), size, True, value)
-
-
-def model_read(img, off, size):
-    word = int.from_bytes(img[off & ~3:(off & ~3) + 4], "little")
-    return (word >> (8 * (off & 3))) & ((1 << (8 * size)) - 1)
 
 
 def test_every_width_at_every_offset_reads_as_the_model(bus):
@@ -114,39 +73,8 @@ def test_latch_that_names_no_one_reads_all_ones(bus, latch):
     assert e.value.rule == "Attempt to write to port" and e.value.trap == 13
 
 
-def bar0_sized(value, mmio_size):
-    size = 1
-    while size < mmio_size:
-        size <<= 1
-    return value & ~(size - 1) & 0xFFFFFFFF
-
-
-def model_write(img, off, size, value, mmio_size):
-    """The seed's pci_data_iowrite(); returns False where it refuses (bad_io)."""
-    reg, portoff = off >> 2, off & 3
-    word = int.from_bytes(img[reg * 4:reg * 4 + 4], "little")
-    mask = (((1 << (8 * size)) - 1) << (8 * portoff)) & 0xFFFFFFFF
-    merged = (word & ~mask) | ((value << (8 * portoff)) & mask)
-    if reg == 4:
-        new = bar0_sized(merged, mmio_size)
-    elif 5 <= reg <= 10 or reg == 12 or reg in (34, 35, 36):
-        new = merged
-    elif reg == 3:
-        new = (word & ~(mask & 0xFFFF)) | (merged & mask & 0xFFFF)
-    elif reg == 1 and size == 2:
-        return True
-    else:
-        return False
-    img[reg * 4:reg * 4 + 4] = new.to_bytes(4, "little")
-    return True
-
-
-writes = st.lists(st.tuples(st.integers(0, 147), st.sampled_from([1, 2, 4]),
-                            st.integers(0, 0xFFFFFFFF)), min_size=1, max_size=40)
-
-
 @settings(max_examples=60)
-@given(writes)
+@given(config_writes)
 def test_writes_of_every_width_at_every_offset_follow_the_model(ops):
     with GuestMemory(1 << 20) as memory:
         bus = PciBus(memory)
@@ -309,3 +237,13 @@ def test_an_extra_sized_bar_and_mmio_window(bus):
     assert bus.find_mmio_region(addr + 32) is None
     first = bus.devices[0]
     assert bus.find_mmio_region(first.mmio_addr + 8) == (first, 8)
+
+
+class ConsoleConfig(PciConfigMachine):
+    def make_device(self):
+        return Console()
+
+
+TestConsoleConfigMachine = ConsoleConfig.TestCase
+TestConsoleConfigMachine.settings = settings(max_examples=30, stateful_step_count=40,
+                                             deadline=None)

@@ -4,6 +4,7 @@ raise GuestError."""
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis_budget import examples
 
 from lguest import virtio
 from lguest.devices.base import InlineRunner, VirtioDevice
@@ -386,7 +387,7 @@ accesses = st.lists(st.tuples(st.integers(0, 80), st.sampled_from([1, 2, 4, 8, 3
                     min_size=1, max_size=60)
 
 
-@settings(max_examples=150)
+@settings(max_examples=examples(150))
 @given(accesses, st.integers(0, 3))
 def test_hostile_register_accesses_only_raise_guest_error(ops, start):
     with GuestMemory(64 * 1024) as memory:
@@ -410,7 +411,7 @@ def test_hostile_register_accesses_only_raise_guest_error(ops, start):
                 pass
 
 
-@settings(max_examples=100)
+@settings(max_examples=examples(100))
 @given(st.lists(st.tuples(st.integers(0xCF8, 0xCFF), st.sampled_from([1, 2, 4]),
                           st.integers(0, 0xFFFFFFFF), st.booleans()), min_size=1, max_size=60))
 def test_hostile_config_port_accesses_only_raise_guest_error(ops):

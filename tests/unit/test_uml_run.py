@@ -70,7 +70,11 @@ def test_failures_are_described_by_cause():
 def test_init_script_reports_status_on_its_own_line_and_powers_off():
     script = init_script.INIT_SCRIPT
     assert script.startswith("#!/bin/sh\n")
-    assert f'echo "{init_script.STATUS_MARKER} $?" >/dev/tty3' in script
+    # One-shot (the command on the kernel command line) and agent (L:821) answers.
+    assert f'echo "{init_script.STATUS_MARKER} $status" >/dev/tty3' in script
+    assert f'echo "{init_script.STATUS_MARKER} $token $status" >/dev/tty3' in script
+    assert f'echo "{init_script.READY_MARKER}" >/dev/tty3' in script
+    assert script.count(f'"{init_script.END_MARKER}$token>>"') == 2      # stdout, stderr
     assert script.rstrip().endswith("poweroff -f")
 
 

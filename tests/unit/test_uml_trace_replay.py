@@ -21,7 +21,7 @@ from lguest.devices.block import BlockDevice, F_FLUSH, S_IOERR
 from lguest.vhost_user import protocol as P
 from lguest.devices.inmemory import MemoryStore
 from lguest.vhost_user import trace, trace_replay
-from lguest.vhost_user.backend import VhostUserBackend
+from lguest.vhost_user.backend import VhostUserTransport
 from lguest.vhost_user.frontend import Frontend
 from lguest.vhost_user.server import serve_connection
 
@@ -100,7 +100,7 @@ def test_a_trap_reader_refuses_a_vhost_user_stream_and_old_streams_still_read():
 def test_recorder_round_trip_with_the_python_front_end(tmp_path):
     spec = {"name": "vdb", "kind": "block", "size": 64 * 512, "seed": 7, "read_only": False}
     device = BlockDevice(MemoryStore(trace.make_image(spec["size"], spec["seed"])), name="vdb")
-    backend = VhostUserBackend(device)
+    backend = VhostUserTransport(device)
     recorder = trace.TraceRecorder()
     backend.recorder = recorder.device("vdb")
     ours, theirs = socket.socketpair()

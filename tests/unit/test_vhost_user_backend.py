@@ -12,7 +12,7 @@ from lguest import virtio
 from lguest.devices.block import BlockDevice
 from lguest.devices.rng import RngDevice
 from lguest.vhost_user import protocol as P
-from lguest.vhost_user.backend import VhostUserBackend
+from lguest.vhost_user.backend import VhostUserTransport
 from lguest.vhost_user.frontend import Frontend, FrontendError
 from lguest.vhost_user.server import serve_connection
 
@@ -76,7 +76,7 @@ def disk(tmp_path):
 @pytest.fixture
 def block_session(disk):
     _, store, _ = disk
-    s = Session(VhostUserBackend(BlockDevice(store)), regions=((0, 2 << 20), (16 << 20, 1 << 20)))
+    s = Session(VhostUserTransport(BlockDevice(store)), regions=((0, 2 << 20), (16 << 20, 1 << 20)))
     yield s
     s.close()
 
@@ -126,7 +126,7 @@ def test_config_space_through_get_config_with_zero_padding(block_session, disk):
 
 
 def test_rng_fills_guest_buffers():
-    s = Session(VhostUserBackend(RngDevice(Urandom())))
+    s = Session(VhostUserTransport(RngDevice(Urandom())))
     try:
         s.fe.negotiate()
         s.fe.set_mem_table()
@@ -185,7 +185,7 @@ def test_without_protocol_features_the_ring_starts_enabled(block_session):
 
 def test_reconnect_after_disconnect(disk):
     _, store, pattern = disk
-    backend = VhostUserBackend(BlockDevice(store))
+    backend = VhostUserTransport(BlockDevice(store))
     for _ in range(2):
         s = Session(backend)
         s.fe.negotiate()
@@ -266,7 +266,7 @@ def test_refused_requests_answer_failure_and_keep_the_connection(block_session, 
 ])
 def test_malformed_messages_close_the_connection_cleanly(disk, raw):
     _, store, _ = disk
-    backend = VhostUserBackend(BlockDevice(store))
+    backend = VhostUserTransport(BlockDevice(store))
     s = Session(backend)
     s.fe.sock.sendall(raw)
     s.thread.join(5)
@@ -281,7 +281,7 @@ def test_malformed_messages_close_the_connection_cleanly(disk, raw):
 
 def test_truncated_message_then_hang_up(disk):
     _, store, _ = disk
-    s = Session(VhostUserBackend(BlockDevice(store)))
+    s = Session(VhostUserTransport(BlockDevice(store)))
     s.fe.sock.sendall(P.HEADER.pack(P.SET_VRING_NUM, P.VERSION, 8) + b"\0\0")
     s.fe.sock.shutdown(socket.SHUT_WR)
     s.thread.join(5)
@@ -346,7 +346,7 @@ def test_config_change_is_sent_on_the_backend_channel(block_session):
 
 def test_multi_queue_devices_offer_mq(disk):
     from lguest.devices.console import ConsoleDevice
-    backend = VhostUserBackend(ConsoleDevice(sink=None))
+    backend = VhostUserTransport(ConsoleDevice(sink=None))
     assert backend.offered_protocol_features() & (1 << P.PROTOCOL_F_MQ)
     s = Session(backend)
     try:

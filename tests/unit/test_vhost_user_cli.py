@@ -7,11 +7,12 @@ import threading
 import pytest
 
 from lguest.devices.console import ConsoleDevice
-from lguest.vhost_user import cli, devices
+from lguest.vhost_user import cli, served as devices
 from lguest.vhost_user import protocol as P
-from lguest.vhost_user.backend import VhostUserBackend
+from lguest.vhost_user.backend import VhostUserTransport
 from lguest.vhost_user.frontend import Frontend
 from lguest.vhost_user.server import VhostUserServer
+from lguest.devices.inmemory import BufferSink as Sink
 
 
 def test_parse_args_requires_one_device_and_matching_sockets():
@@ -58,20 +59,10 @@ def test_block_served_on_a_unix_socket_then_cleaned_up(tmp_path):
     assert not thread.is_alive() and not os.path.exists(sock)
 
 
-class Sink:
-    def __init__(self):
-        self.data = bytearray()
-
-    def write(self, views):
-        for v in views:
-            self.data += v
-        return sum(len(v) for v in views)
-
-
 def test_console_output_reaches_the_sink(tmp_path):
     sink = Sink()
     sock = str(tmp_path / "con.sock")
-    with VhostUserServer(VhostUserBackend(ConsoleDevice(sink)), sock) as server:
+    with VhostUserServer(VhostUserTransport(ConsoleDevice(sink)), sock) as server:
         server.serve_in_thread()
         with Frontend.connect(sock) as fe:
             fe.negotiate()
@@ -124,3 +115,21 @@ def test_bench_completes_requests_both_ways(tmp_path):
     for write in (False, True):
         iops, mbs = bench.run(str(image), 4096, 0.1, 4, write)
         assert iops > 100 and abs(mbs - iops * 4096 / 1e6) < 1e-6 * mbs + 1e-9
+
+
+def test_other_host_architectures_are_refused_with_one_line(monkeypatch, capsys, tmp_path):
+    import platform
+    from lguest.errors import LauncherError
+    from lguest.vhost_user.backend import VhostUserTransport
+    from lguest.vhost_user.rings import require_x86_host
+    require_x86_host("x86_64")
+    require_x86_host("i686")
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    with pytest.raises(LauncherError, match="aarch64.*x86 hosts only"):
+        VhostUserTransport(ConsoleDevice(None))
+    image = tmp_path / "d.img"
+    image.write_bytes(bytes(512))
+    assert cli.main(["--socket", str(tmp_path / "s"), "--block", str(image)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "aarch64" in err and "x86 hosts only" in err
+    assert not (tmp_path / "s").exists()

@@ -18,7 +18,7 @@ from lguest.devices.block import BlockDevice
 from lguest.host.block import FileStore
 from lguest.uml.servers import wait_for_socket
 from lguest.vhost_user import cli
-from lguest.vhost_user.backend import VhostUserBackend
+from lguest.vhost_user.backend import VhostUserTransport
 from lguest.vhost_user.frontend import Frontend
 from lguest.vhost_user.memory import RegionMemory, seal_against_shrinking
 from lguest.vhost_user.protocol import MemRegion
@@ -150,7 +150,7 @@ def test_library_server_isolates_with_its_front_end_in_the_same_process(tmp_path
     image.write_bytes(bytes(64 * SECTOR))
     store = FileStore(str(image))
     path = str(tmp_path / "lib.sock")
-    server = VhostUserServer(VhostUserBackend(BlockDevice(store)), path, isolate=True)
+    server = VhostUserServer(VhostUserTransport(BlockDevice(store)), path, isolate=True)
     thread = server.serve_in_thread()
     try:
         for i in range(3):      # would hang if the child kept a copy of our socket
@@ -168,7 +168,7 @@ def test_close_ends_a_live_isolated_session(tmp_path):
     image.write_bytes(bytes(64 * SECTOR))
     store = FileStore(str(image))
     path = str(tmp_path / "lib.sock")
-    server = VhostUserServer(VhostUserBackend(BlockDevice(store)), path, isolate=True)
+    server = VhostUserServer(VhostUserTransport(BlockDevice(store)), path, isolate=True)
     server.serve_in_thread()
     fe = connect(path)
     try:
@@ -189,7 +189,7 @@ def test_a_failed_fork_refuses_one_front_end_and_serves_the_next(tmp_path, monke
     image.write_bytes(bytes(64 * SECTOR))
     store = FileStore(str(image))
     path = str(tmp_path / "lib.sock")
-    server = VhostUserServer(VhostUserBackend(BlockDevice(store)), path, isolate=True)
+    server = VhostUserServer(VhostUserTransport(BlockDevice(store)), path, isolate=True)
     real_fork, failures = os.fork, []
 
     def fork_once_failing():

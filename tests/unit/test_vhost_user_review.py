@@ -321,22 +321,3 @@ def test_a_listener_that_cannot_bind_is_closed(tmp_path, disk):
     assert len(kept) == 3 and open_fds() == before
 
 
-def test_a_tap_that_cannot_be_configured_is_closed(monkeypatch):
-    from lguest.host import tap as tapmod
-    from lguest.vhost_user import devices
-    closed = []
-
-    class FakeTap:
-        name, fd = "tap-x", -1
-
-        def close(self):
-            closed.append(True)
-
-    def refuse(name, ip):
-        raise LauncherError("cannot configure")
-
-    monkeypatch.setattr(tapmod, "open_tap", lambda name: FakeTap())
-    monkeypatch.setattr(tapmod, "configure_device", refuse)
-    with pytest.raises(LauncherError):
-        devices.net_tap("tap:tap-x:10.0.0.1")
-    assert closed == [True]

@@ -20,7 +20,7 @@ from ...pci.bus import UnclaimedAccess
 from ..base import MMIO, PIO, Backend, GuestDied, IoExit, RebootRequested
 from . import boot
 from . import ioctls as K
-from .devices import COM1_IRQ, Cmos, LegacyPorts, Serial8250
+from .legacy_ports import COM1_IRQ, Cmos, LegacyPorts, Serial8250
 from .kicks import IoeventfdRunner
 from .msix import MsixTable
 from .vm import KvmSystem
@@ -115,7 +115,8 @@ class KvmBackend(Backend):
     # eventfd the device's threaded runner waits on (L:650), so a kick wakes the
     # queue's thread from inside the kernel and the vCPU never leaves KVM_RUN.
     def attach_bus(self, bus):
-        bus.irq_sink = self.interrupt
+        bus.irq_sink = self.raise_line
+        bus.irq_lower_sink = self.lower_line
         self.bus = bus
         for transport in bus.devices:
             if self.msix and self.irqchip:
@@ -293,9 +294,21 @@ class KvmBackend(Backend):
         self.vcpu.set_regs({full: value})
 
     def interrupt(self, irq):
-        """Pulse an interrupt line of the in-kernel PIC/IOAPIC (safe from any thread)."""
+        """Pulse an interrupt line of the in-kernel PIC/IOAPIC (safe from any thread):
+        an edge, as the UART's ISA line is."""
         if self.irqchip and self.vm is not None:
             self.vm.pulse_irq(irq)
+
+    #L:645 A PCI device's INTx line is a level (L:406): raised when the device
+    # interrupts and held until the driver reads ISR, then lowered. A pulse can be lost
+    # by a level-triggered IOAPIC pin that samples the line after it fell.
+    def raise_line(self, irq):
+        if self.irqchip and self.vm is not None:
+            self.vm.irq_line(irq, 1)
+
+    def lower_line(self, irq):
+        if self.irqchip and self.vm is not None:
+            self.vm.irq_line(irq, 0)
 
     def close(self):
         if self.vm is not None:

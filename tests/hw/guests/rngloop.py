@@ -3,8 +3,9 @@
 Shared by tests/hw/test_kvm_requests.py (is every request served right?) and
 bench/kvm_exits.py (how long does one take?), so both run exactly the same path:
 KvmBackend with the in-kernel irqchip, the rng behind a PciBus with the threaded
-runner, each queue kick bound with KVM_IOEVENTFD, the device's interrupt pulsed on the
-irqchip from the queue's thread (KVM_IRQ_LINE), the launcher's run_guest loop.
+runner, each queue kick bound with KVM_IOEVENTFD, the device's INTx line raised on the
+irqchip from the queue's thread (KVM_IRQ_LINE) and lowered when the guest's handler
+reads ISR (one MMIO exit per interrupt taken), the launcher's run_guest loop.
 """
 
 import threading
@@ -27,7 +28,7 @@ class Requests:
     interrupts: list                   # ... and on port 0x11 (interrupts taken)
     lengths: list                      # used.len of every request, as the guest logged it
     empty: list = field(default_factory=list)   # requests whose 16 bytes stayed zero
-    python_exits: int = 0              # exits that reached the bus (kicks must not)
+    python_exits: int = 0              # exits that reached the bus (kicks must not; ISR reads do)
 
 
 class _CountingBus:
@@ -68,9 +69,11 @@ def run(n, outdir, *, waitirq=False, timeout=60):
         rng.negotiate()
         (queue,) = rng.setup_queues([QUEUE_SIZE])
         rng.driver_ok()
+        from lguest.pci.registers import ISR_OFFSET
         irq = pci.devices[0].irq_line
         symbols = {"DESC": queue.desc_addr, "AVAIL": queue.avail_addr, "USED": queue.used_addr,
                    "NOTIFY": rng.notify_addrs[0], "QMASK": QUEUE_SIZE - 1, "IRQ": irq,
+                   "ISR": pci.devices[0].mmio_addr + ISR_OFFSET,
                    "WAITIRQ": int(waitirq)}
         memory.write(0x1000, build.assemble("rngloop32", outdir, symbols=symbols))
         backend.initialize(memory, 0x1000, mode="protected")

@@ -8,8 +8,10 @@
 #
 # The ring's addresses come as symbols (build.assemble(symbols=...)) so every register
 # is free for the loop: DESC, AVAIL, USED, NOTIFY, QMASK (queue size - 1), and IRQ, the
-# device's INTx line. With WAITIRQ=1 the guest sleeps in hlt until the device's
-# interrupt (PIC, vector 0x20 + IRQ) instead of spinning on the used index.
+# device's INTx line, and ISR, the address of the device's ISR status byte. With
+# WAITIRQ=1 the guest sleeps in hlt until the device's interrupt (PIC, vector 0x20 +
+# IRQ) instead of spinning on the used index; its handler reads ISR, as Linux's
+# vp_interrupt does, which de-asserts the line (it is a level, held until that read).
 	.code32
 	.globl start
 	IRQS = 0x7000			# interrupts taken (RAM starts zeroed), under the stack
@@ -71,8 +73,9 @@ served:
 	hlt
 
 .if WAITIRQ
-irq:					# woke the hlt: EOI, then back to the loop's look
+irq:					# woke the hlt: read ISR, EOI, back to the loop's look
 	push	%eax
+	movb	ISR, %al		# reading ISR lowers the INTx line (an exit to us)
 	mov	$0x20, %al		# non-specific EOI to the PIC
 	out	%al, $0x20
 	pop	%eax

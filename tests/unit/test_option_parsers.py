@@ -1,0 +1,61 @@
+"""One parser per option syntax (L:952), the same rules from every command line."""
+
+import pytest
+
+from lguest import cmdline
+from lguest.config import format_mac, parse_block, parse_ip, parse_mac
+from lguest.devices.net import NetDevice
+from lguest.errors import LauncherError
+from lguest.uml import servers
+from lguest.vhost_user import served
+
+
+@pytest.mark.parametrize("text, want", [("10.0.0.1", bytes([10, 0, 0, 1])),
+                                        ("255.255.255.0", bytes([255, 255, 255, 0])),
+                                        ("010.0.0.1", bytes([10, 0, 0, 1]))])
+def test_ip_addresses(text, want):
+    assert parse_ip(text) == want
+
+
+@pytest.mark.parametrize("bad", ["1_0.0.0.1", "10.0.0", "10.0.0.256", "a.b.c.d", "",
+                                 " 10.0.0.1", "10.0.0.+1", "١٠.0.0.1"])
+def test_bad_ip_addresses_everywhere(bad):
+    for parse in (parse_ip, lambda t: cmdline.parse_tunnet(t), lambda t: served.parse_tap(f"tap:t0:{t}")):
+        with pytest.raises(LauncherError, match="Failed to parse IP address"):
+            parse(bad)
+
+
+@pytest.mark.parametrize("text", ["52:54:00:ab:cd:0e", "52:54:0:AB:cd:e"])
+def test_mac_addresses_one_rule(text):
+    mac = parse_mac(text)
+    assert len(mac) == 6 and format_mac(mac) == ":".join(f"{int(p, 16):02x}" for p in text.split(":"))
+    assert bytes(NetDevice(object(), mac=text).config[:6]) == mac
+    spec = cmdline.parse_tunnet(f"10.0.0.1:{text}")
+    assert parse_mac(spec.mac) == mac
+
+
+@pytest.mark.parametrize("bad", ["52:54:00:ab:cd", "zz:54:00:ab:cd:0e", "525400abcd0e",
+                                 "1:2:3:4:5:100", "+a:2:3:4:5:6", " a:2:3:4:5:6"])
+def test_bad_mac_addresses_everywhere(bad):
+    for parse in (parse_mac, lambda t: NetDevice(object(), mac=t),
+                  lambda t: cmdline.parse_tunnet(f"10.0.0.1:{t}")):
+        with pytest.raises(LauncherError, match="Failed to parse mac address"):
+            parse(bad)
+
+
+@pytest.mark.parametrize("text, want", [("disk", ("disk", False)), ("disk,ro", ("disk", True)),
+                                        ("disk,rw", ("disk", False))])
+def test_block_spec(text, want, tmp_path):
+    assert parse_block(text) == want
+    spec = cmdline.block_spec(text)
+    assert (spec.path, spec.read_only) == want
+    (tmp_path / "disk").write_bytes(b"")
+    assert servers.parse_block_spec(str(tmp_path / text)) == (str(tmp_path / want[0]), want[1])
+
+
+@pytest.mark.parametrize("bad, message", [("disk,sync", "only options"), ("disk,rw,ro", "only options"),
+                                          (",ro", "needs a file name"), ("", "needs a file name")])
+def test_bad_block_specs_everywhere(bad, message):
+    for parse in (parse_block, cmdline.block_spec, servers.parse_block_spec, served.block):
+        with pytest.raises(LauncherError, match=message):
+            parse(bad)
