@@ -74,7 +74,7 @@ def check_image(path, acked):
     return len(last_acked), losses
 
 
-def one_run(uml, workdir, rng, kill_within=(2.0, 5.0)):
+def one_run(uml, workdir, rng, kill_within=(3.0, 6.0)):
     image = os.path.join(workdir, "disk.img")
     with open(image, "wb") as f:
         f.truncate(BLOCK * BLOCKS)
