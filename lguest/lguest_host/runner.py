@@ -33,7 +33,7 @@ export PYTHONDONTWRITEBYTECODE=1 LGUEST_IN_HOST=1 TERM=dumb
 {exports}
 cd /{project}
 echo "lguest-host: $(uname -r) $(uname -m), $(ls -l /dev/lguest 2>&1)"
-python3 -m pytest -p no:cacheprovider {args}
+python3 -m pytest -p no:cacheprovider -p lguest.testing.plugin {args}
 echo "{marker} $?"
 reboot -f
 """

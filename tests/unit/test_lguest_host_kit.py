@@ -13,7 +13,7 @@ from lguest.uml import archive
 
 def test_init_script_runs_pytest_with_the_arguments_quoted_and_reports_its_status():
     script = runner.init_script(["-k", "a b", "tests/hw"], {"LGUEST_KERNEL": "/x y/bz"})
-    assert "python3 -m pytest -p no:cacheprovider -k 'a b' tests/hw" in script
+    assert "python3 -m pytest -p no:cacheprovider -p lguest.testing.plugin -k 'a b' tests/hw" in script
     assert "export LGUEST_KERNEL='/x y/bz'" in script
     run_line = script.index("python3 -m pytest")
     # The status line comes right after pytest, so $? is pytest's.
