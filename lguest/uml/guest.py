@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from .. import virtio
 from ..errors import LauncherError
-from . import agent, kit as kit_module, servers
+from . import agent, kit as kit_module, servers, shares as shares_module
 
 
 # Room for "/<boot>/console.sock" within the 108 bytes of a unix socket address.
@@ -107,10 +107,14 @@ class Guest:
     (tap:NAME[:HOSTIP]) or a served device; ip: an address/prefix for eth0; mem: MiB;
     timeout: the default for run() (seconds, None for no limit); backend: "lguest"
     (ours) or "qsd" (qemu-storage-daemon, block only); kit: a prepared lguest.uml Kit.
+    root: "host" (the host's root, read-only, with cwd writable, commands run there as
+    user: L:885) or "initramfs" (the busybox guest); share: more host directories,
+    "HOST[:GUEST][,ro]" or (host, guest[, read_only]); cwd (default: ours) and user
+    ((uid, gid), default: ours) are where and as whom commands run with the host root.
     """
 
     def __init__(self, *, block=(), console=False, net=None, ip=None, mem=64, timeout=60.0,
-                 backend="lguest", kit=None):
+                 backend="lguest", kit=None, root="host", share=(), cwd=None, user=None):
         self.block = [b if isinstance(b, str) else f"{b[0]},ro" if b[1] else b[0]
                       for b in block]
         self.console = console
@@ -125,6 +129,7 @@ class Guest:
         self._booted = None
         for spec in self.block:
             servers.parse_block_spec(spec)
+        self.plan = shares_module.plan(share, root, cwd, user)
 
     def __enter__(self):
         self._kit = self._kit or kit_module.ensure_kit()
@@ -147,10 +152,10 @@ class Guest:
 
     def _servers(self, stack, workdir, console_sink):
         """Start the back-ends; return [(socket, virtio id)] in the order UML should see them."""
-        if not (self.block or self.console or self.net is not None):
+        if not (self.block or self.console or self.net is not None or self.plan.shares):
             return []
         if self.backend == "qsd":
-            if self.console or self.net is not None:
+            if self.console or self.net is not None or self.plan.shares:
                 raise LauncherError("the qemu-storage-daemon back-end serves block devices only")
             return stack.enter_context(servers.QsdBlockServer(self.block, workdir)).devices
         if self.backend != "lguest":
@@ -158,7 +163,7 @@ class Guest:
         from . import ours
         return stack.enter_context(ours.OurServers(self.block, workdir, console=self.console,
                                                    console_sink=console_sink,
-                                                   net=self.net)).devices
+                                                   net=self.net, fs=self.plan.served)).devices
 
     def _wait_list(self, devices):
         blocks = [d for d in devices if d[1] == virtio.ID_BLOCK]
@@ -179,6 +184,23 @@ class Guest:
         boot_dir = os.path.join(self.workdir, str(self.boots))
         os.mkdir(boot_dir)
         return _Booted(self, boot_dir)
+
+    def _mount_shares(self, start, timeout):
+        """Right after a boot: the agent mounts the shares (L:885), or we say why not."""
+        script = self.plan.setup_script()
+        if script is None:
+            return
+        left = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
+        errors = bytearray()
+        outcome = self._booted.uml.run(script, timeout=left, on_stderr=errors.extend)
+        if outcome.status is None:
+            self._discard(grace=0)
+            raise describe_failure(outcome, timeout)
+        if outcome.status != 0:
+            self._discard(grace=0)
+            raise GuestFailed("could not mount the shared directories in the guest: "
+                              + (errors.decode(errors="replace").strip() or
+                                 f"status {outcome.status}"), outcome.log)
 
     def boot(self):
         """Boot now (run() would on first use); a no-op if the guest is up."""
@@ -205,9 +227,10 @@ class Guest:
         try:
             if self._booted is None:
                 self._booted = self._boot()
+                self._mount_shares(start, timeout)
             left = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
-            outcome = self._booted.uml.run(command, timeout=left, on_stdout=on_stdout,
-                                           on_stderr=on_stderr)
+            outcome = self._booted.uml.run(self.plan.wrap(command), timeout=left,
+                                           on_stdout=on_stdout, on_stderr=on_stderr)
         except LauncherError:
             raise                           # e.g. a command too long: the guest is fine
         except BaseException:
