@@ -154,13 +154,17 @@ class Guest:
         """Start the back-ends; return [(socket, virtio id)] in the order UML should see them."""
         if not (self.block or self.console or self.net is not None or self.plan.shares):
             return []
+        from . import ours
         if self.backend == "qsd":
-            if self.console or self.net is not None or self.plan.shares:
+            if self.console or self.net is not None:
                 raise LauncherError("the qemu-storage-daemon back-end serves block devices only")
-            return stack.enter_context(servers.QsdBlockServer(self.block, workdir)).devices
+            devices = stack.enter_context(servers.QsdBlockServer(self.block, workdir)).devices \
+                if self.block else []
+            # The shared directories are ours whoever serves the disks.
+            return devices + stack.enter_context(
+                ours.OurServers([], workdir, fs=self.plan.served)).devices
         if self.backend != "lguest":
             raise LauncherError(f"unknown back-end {self.backend!r} (lguest or qsd)")
-        from . import ours
         return stack.enter_context(ours.OurServers(self.block, workdir, console=self.console,
                                                    console_sink=console_sink,
                                                    net=self.net, fs=self.plan.served)).devices

@@ -1,0 +1,165 @@
+"""`lguest run` on the host's own files (L:885): real UML, our virtio-fs back-end.
+
+By default the guest's root is the host's root, read-only, the current directory is
+writable at the same path, and the command runs there as the caller. Each test boots a
+guest or two (2-8 s each here; more under load), hence the generous timeouts.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+from lguest.uml.guest import Guest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TIMEOUT = 120
+# The host's own Python, not a shim: where PATH leads in the guest is the host's PATH.
+PATH = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
+
+
+@pytest.fixture
+def project():
+    """A project directory in /tmp (short paths: the sockets live beside it too)."""
+    path = tempfile.mkdtemp(prefix="lgproj-", dir="/tmp")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def lguest_run(args, cwd, **kwargs):
+    env = dict(os.environ, PYTHONPATH=ROOT, PATH=PATH, TMPDIR="/tmp")
+    return subprocess.run([sys.executable, "-m", "lguest", "run", "--timeout", str(TIMEOUT),
+                           *args], env=env, cwd=cwd, capture_output=True,
+                          timeout=TIMEOUT + 30, **kwargs)
+
+
+def host_python():
+    found = shutil.which("python3", path=PATH)
+    if not found:
+        pytest.skip("no python3 on this host's PATH to run in the guest")
+    return found
+
+
+PROBE = ("import os, sys; print(sys.executable, sys.version.split()[0], os.getcwd(), "
+         "os.getuid(), os.getgid(), open('/proc/version').read().split()[2])")
+
+
+def test_the_hosts_python_runs_in_the_cwd_as_the_caller(uml, project):
+    python = host_python()
+    done = lguest_run(["--", "python3", "-c", PROBE], project)
+    assert done.returncode == 0, done.stderr.decode()
+    exe, version, cwd, uid, gid, kernel = done.stdout.decode().split()
+    here = subprocess.run([python, "-c", "import sys; print(sys.executable, "
+                           "sys.version.split()[0])"], capture_output=True, text=True,
+                          env={"PATH": PATH}).stdout.split()
+    assert [exe, version] == here
+    assert (cwd, int(uid), int(gid)) == (project, os.getuid(), os.getgid())
+    # /proc is the guest's own: its kernel is UML's, not the host's.
+    assert kernel != os.uname().release and kernel.startswith("6.")
+
+
+def test_a_file_written_in_the_cwd_lands_on_the_host_as_the_caller(uml, project):
+    done = lguest_run(["--", "sh", "-c", "echo written-in-guest > out.txt; mkdir sub; "
+                       "echo deeper > sub/f"], project)
+    assert done.returncode == 0, done.stderr.decode()
+    out = os.path.join(project, "out.txt")
+    with open(out) as f:
+        assert f.read() == "written-in-guest\n"
+    st = os.stat(out)
+    assert (st.st_uid, st.st_gid) == (os.getuid(), os.getgid())
+    with open(os.path.join(project, "sub", "f")) as f:
+        assert f.read() == "deeper\n"
+
+
+def test_another_user_writes_as_that_user(uml, project):
+    if os.geteuid() != 0:
+        pytest.skip("only root can run the guest's commands as another user")
+    os.chown(project, 1234, 5678)
+    with Guest(kit=uml, timeout=TIMEOUT, cwd=project, user=(1234, 5678)) as g:
+        r = g.run("id -u; id -g; echo mine > mine.txt; touch /tmp/ok && echo tmp-ok; "
+                  "echo x > /root/denied 2>/dev/null || echo denied")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["1234", "5678", "tmp-ok", "denied"]
+    st = os.stat(os.path.join(project, "mine.txt"))
+    assert (st.st_uid, st.st_gid) == (1234, 5678)
+    assert not os.path.exists("/root/denied")
+
+
+def test_the_host_root_is_read_only(uml, project):
+    host_python()
+    victim, made = "/var/tmp/lguest-host-root-probe", "/usr/lguest-probe"
+    guest_tmp = "/tmp/lguest-guest-tmp-probe"
+    script = ("import errno, os\n"
+              "def try_(f, *a):\n"
+              "    try:\n"
+              "        f(*a)\n"
+              "        print('ok')\n"
+              "    except OSError as e:\n"
+              "        print(errno.errorcode[e.errno])\n"
+              f"try_(lambda: open({victim!r}, 'w'))\n"
+              f"try_(os.mkdir, {made!r})\n"
+              f"try_(lambda: open({guest_tmp!r}, 'w'))\n")
+    done = lguest_run(["--", "python3", "-c", script], project)
+    assert done.returncode == 0, done.stderr.decode()
+    # Outside the cwd the host's root refuses; /tmp is the guest's own tmpfs.
+    assert done.stdout.decode().split() == ["EROFS", "EROFS", "ok"]
+    assert not os.path.exists(victim) and not os.path.exists(made)
+    assert not os.path.exists(guest_tmp)
+
+
+def test_shares_read_only_and_read_write(uml, project):
+    ro_dir, rw_dir = os.path.join(project, "ro"), os.path.join(project, "rw")
+    os.mkdir(ro_dir)
+    os.mkdir(rw_dir)
+    with open(os.path.join(ro_dir, "keep.txt"), "w") as f:
+        f.write("kept\n")
+    done = lguest_run(["--share", f"{ro_dir}:/tmp/in,ro", "--share", f"{rw_dir}:/tmp/out",
+                       "--", "sh", "-c",
+                       "cat /tmp/in/keep.txt; echo x > /tmp/in/new || echo ro-refused; "
+                       "cp /tmp/in/keep.txt /tmp/out/copy && echo rw-ok"], project)
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode().split() == ["kept", "ro-refused", "rw-ok"]
+    assert b"Read-only file system" in done.stderr
+    assert os.listdir(ro_dir) == ["keep.txt"]
+    with open(os.path.join(rw_dir, "copy")) as f:
+        assert f.read() == "kept\n"
+
+
+def test_a_bad_share_is_one_clear_line(uml, project):
+    done = lguest_run(["--share", f"{project}:relative", "--", "true"], project)
+    assert done.returncode == 1
+    assert done.stderr.decode().strip() == (f"lguest run: --share {project}:relative: "
+                                            "the guest path 'relative' must be absolute")
+
+
+def test_root_initramfs_is_the_busybox_guest(uml, project):
+    shared = os.path.join(project, "data")
+    os.mkdir(shared)
+    with open(os.path.join(shared, "f"), "w") as f:
+        f.write("from-host\n")
+    done = lguest_run(["--root=initramfs", "--share", f"{shared}:/mnt/data,ro", "--",
+                       "sh", "-c", "pwd; readlink /bin/sh; env | sort | tr '\\n' ' '; "
+                       "cat /mnt/data/f; [ -e /usr/bin/python3 ] || echo no-python"], project)
+    assert done.returncode == 0, done.stderr.decode()
+    lines = done.stdout.decode().splitlines()
+    assert lines[0] == "/root" and lines[1] == "busybox"
+    assert lines[2].split() == ["HOME=/root", "PATH=/bin:/sbin:/usr/bin:/usr/sbin", "PWD=/root"]
+    assert lines[3:] == ["from-host", "no-python"]
+
+
+def test_pytest_on_a_tiny_project(uml, project):
+    with open(os.path.join(project, "test_tiny.py"), "w") as f:
+        f.write("import os\n\n"
+                "def test_adds():\n    assert 1 + 1 == 2\n\n"
+                "def test_writes_here(tmp_path):\n"
+                "    open('from-pytest.txt', 'w').write(os.uname().release)\n")
+    done = lguest_run(["--mem", "256", "--", sys.executable, "-m", "pytest", "-q"],
+                      project)
+    out = done.stdout.decode()
+    assert done.returncode == 0, out + done.stderr.decode()
+    assert "2 passed" in out
+    with open(os.path.join(project, "from-pytest.txt")) as f:
+        assert f.read() != os.uname().release            # it ran in the guest's kernel
