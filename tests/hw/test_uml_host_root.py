@@ -164,3 +164,12 @@ def test_pytest_on_a_tiny_project(uml, project):
     assert "2 passed" in out
     with open(os.path.join(project, "from-pytest.txt")) as f:
         assert f.read() != os.uname().release            # it ran in the guest's kernel
+
+
+def test_a_warm_guest_starts_each_command_afresh_in_the_cwd(uml, project):
+    with Guest(kit=uml, timeout=TIMEOUT, cwd=project) as g:
+        first = g.run("export LEAK=1; cd /; sleep 300 & echo $!")
+        second = g.run(f"pwd; echo leak=${{LEAK-unset}}; "
+                       f"kill -0 {first.stdout.strip()} 2>/dev/null && echo alive || echo gone")
+    assert first.returncode == 0 and second.returncode == 0, second.stderr
+    assert second.stdout.split() == [project, "leak=unset", "gone"] and g.boots == 1
