@@ -56,7 +56,7 @@ def main(argv=None):
         runs = {
             "plain UML boot": lambda: subprocess.run(plain_argv, stdout=subprocess.DEVNULL,
                                                      check=True),
-            "Guest().run('true')": lambda: Guest(kit=the_kit).run("true"),
+            "Guest().run('true')": lambda: Guest(kit=the_kit, root="initramfs").run("true"),
             "lguest run -- true": lambda: subprocess.run(
                 [sys.executable, "-m", "lguest", "run", "--", "true"], check=True, cwd=root),
         }
