@@ -209,8 +209,10 @@ class FsDevice(VirtioDevice):
                                    0, 0, 0, 0, 0, 0, 0)[:24]
         self.minor = min(minor, W.KERNEL_MINOR_VERSION)
         self.fs.reset()
+        # AUTO_INVAL_DATA: the guest drops a file's cached pages when it sees its mtime
+        # or size change, which is what lets OPEN keep the cache (do_open).
         wanted = (W.ASYNC_READ | W.ATOMIC_O_TRUNC | W.BIG_WRITES | W.DO_READDIRPLUS
-                  | W.READDIRPLUS_AUTO | W.PARALLEL_DIROPS | W.MAX_PAGES)
+                  | W.READDIRPLUS_AUTO | W.PARALLEL_DIROPS | W.MAX_PAGES | W.AUTO_INVAL_DATA)
         return W.INIT_OUT.pack(W.KERNEL_VERSION, self.minor, max_readahead, flags & wanted,
                                16, 12, MAX_WRITE, 1, MAX_PAGES, 0, 0)
 
@@ -310,7 +312,11 @@ class FsDevice(VirtioDevice):
     # -- files ------------------------------------------------------------------------------
     def do_open(self, req):
         flags, _ = req.body(W.OPEN_IN)
-        return W.OPEN_OUT.pack(self.fs.open(req.nodeid, flags), 0, 0)
+        # Without KEEP_CACHE every open drops the file's pages in the guest, so each
+        # command of a warm guest reads libc and Python again. A read-only share's files
+        # change only from the host, which AUTO_INVAL_DATA (do_init) notices.
+        keep = W.FOPEN_KEEP_CACHE if getattr(self.fs, "read_only", False) else 0
+        return W.OPEN_OUT.pack(self.fs.open(req.nodeid, flags), keep, 0)
 
     def do_create(self, req):
         flags, mode, umask, _ = req.body(W.CREATE_IN)

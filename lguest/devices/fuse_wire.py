@@ -35,10 +35,13 @@ OPCODE_NAMES = {v: k for k, v in list(globals().items())
 ASYNC_READ = 1 << 0
 ATOMIC_O_TRUNC = 1 << 3
 BIG_WRITES = 1 << 5
+AUTO_INVAL_DATA = 1 << 12
 DO_READDIRPLUS = 1 << 13
 READDIRPLUS_AUTO = 1 << 14
 PARALLEL_DIROPS = 1 << 18
 MAX_PAGES = 1 << 22
+# fuse_open_out.open_flags
+FOPEN_KEEP_CACHE = 1 << 1
 
 # SETATTR valid bits.
 FATTR_MODE, FATTR_UID, FATTR_GID, FATTR_SIZE = 1, 2, 4, 8
