@@ -81,7 +81,9 @@ class _Booted:
             devices = guest._servers(self.stack, boot_dir, self._console)
             self.stack.callback(self.stop)
             self.uml.start(mem=guest.mem, devices=devices, wait=guest._wait_list(devices),
-                           ip=guest.ip, stdout_device="hvc0" if guest.console else "tty1")
+                           ip=guest.ip, stdout_device="hvc0" if guest.console else "tty1",
+                           skip_modules=kit_module.unused_modules(
+                               guest._kit, [d[1] for d in devices]))
         except BaseException:
             self.close()
             raise

@@ -38,6 +38,18 @@ class Kit:
     modules: tuple     # module names in load order
 
 
+# The kit's modules each kind of device needs (virtio ids), dependencies included.
+DEVICE_MODULES = {1: ("failover", "net_failover", "virtio_net"), 2: ("virtio_blk",),
+                  3: ("virtio_console",), 26: ("fuse", "virtiofs")}
+
+
+def unused_modules(kit, device_ids):
+    """The kit's modules no device of this boot needs: /init need not load them."""
+    needed = {m for i in set(device_ids) for m in DEVICE_MODULES.get(i, ())}
+    known = {m for mods in DEVICE_MODULES.values() for m in mods}
+    return tuple(m for m in kit.modules if m in known and m not in needed)
+
+
 def cache_dir():
     return os.environ.get("LGUEST_CACHE") or os.path.join(
         os.path.expanduser("~"), ".cache", "lguest-py")

@@ -136,3 +136,20 @@ def test_cli_reports_a_bad_share_in_one_line(capsys):
     err = capsys.readouterr().err
     assert err.strip() == ("lguest run: --share /no/such/dir: /no/such/dir is not a "
                            "directory on this host")
+
+
+def test_init_skips_the_modules_of_devices_this_boot_does_not_have():
+    from lguest.uml import kit, process
+    k = kit.Kit(kernel="/k", initrd="/i", modules=("virtio_blk", "failover", "net_failover",
+                                                   "virtio_net", "virtio_console", "fuse",
+                                                   "virtiofs", "something_new"))
+    assert kit.unused_modules(k, [26, 26]) == ("virtio_blk", "failover", "net_failover",
+                                               "virtio_net", "virtio_console")
+    assert kit.unused_modules(k, [1, 2, 3, 26]) == ()
+    assert kit.unused_modules(k, []) == ("virtio_blk", "failover", "net_failover",
+                                         "virtio_net", "virtio_console", "fuse", "virtiofs")
+    argv = process.kernel_arguments(k, None, "/w", (1, 2, 3, 4), control=5,
+                                    skip_modules=("virtio_blk", "fuse"))
+    assert "lguest_skip=virtio_blk,fuse" in argv
+    assert not [a for a in process.kernel_arguments(k, None, "/w", (1, 2, 3, 4), control=5)
+                if a.startswith("lguest_skip=")]
