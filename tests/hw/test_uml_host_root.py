@@ -173,3 +173,12 @@ def test_a_warm_guest_starts_each_command_afresh_in_the_cwd(uml, project):
                        f"kill -0 {first.stdout.strip()} 2>/dev/null && echo alive || echo gone")
     assert first.returncode == 0 and second.returncode == 0, second.stderr
     assert second.stdout.split() == [project, "leak=unset", "gone"] and g.boots == 1
+
+
+def test_the_guest_has_its_own_proc_sys_dev_and_tmp(uml, project):
+    done = lguest_run(["--", "sh", "-c", "stat -f -c %T /proc /sys /dev /tmp / .; "
+                       "ls /dev/tty3 /dev/pts /dev/shm >/dev/null && echo dev-ok"], project)
+    assert done.returncode == 0, done.stderr.decode()
+    # FUSE file systems say "fuseblk" to stat -f: the host's files are only / and the cwd.
+    assert done.stdout.decode().split() == ["proc", "sysfs", "tmpfs", "tmpfs", "fuseblk",
+                                            "fuseblk", "dev-ok"]
