@@ -110,7 +110,7 @@ class Guest:
     timeout: the default for run() (seconds, None for no limit); backend: "lguest"
     (ours) or "qsd" (qemu-storage-daemon, block only); kit: a prepared lguest.uml Kit.
     root: "host" (the host's root, read-only, with cwd writable, commands run there as
-    user: L:885) or "initramfs" (the busybox guest); share: more host directories,
+    user: L:886) or "initramfs" (the busybox guest); share: more host directories,
     "HOST[:GUEST][,ro]" or (host, guest[, read_only]); cwd (default: ours) and user
     ((uid, gid), default: ours) are where and as whom commands run with the host root.
     """
@@ -192,7 +192,7 @@ class Guest:
         return _Booted(self, boot_dir)
 
     def _mount_shares(self, start, timeout):
-        """Right after a boot: the agent mounts the shares (L:885), or we say why not."""
+        """Right after a boot: the agent mounts the shares (L:886), or we say why not."""
         script = self.plan.setup_script()
         if script is None:
             return

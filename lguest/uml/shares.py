@@ -1,6 +1,6 @@
 """Host directories in a UML guest over virtio-fs: the --share/--root options and the plan.
 
-#L:885 Like virtme-ng, `lguest run` shows the guest the host's own files: by default the
+#L:886 Like virtme-ng, `lguest run` shows the guest the host's own files: by default the
 # guest's root is the host's root (one virtio-fs share, served read-only and mounted
 # read-only), with the current directory a second share, writable, at the same path, and
 # the command runs there as the invoking user. The guest keeps its own kernel file
@@ -142,7 +142,7 @@ _MOUNT_FUNCTION = f"""lg_mount() {{
   done
 }}"""
 
-# The guest's own /proc, /sys, /dev and /tmp over the host's (L:885).
+# The guest's own /proc, /sys, /dev and /tmp over the host's (L:886).
 _GUEST_OWN_MOUNTS = """[ -d /dev/pts ] && [ -d /dev/shm ] || mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts 2>/dev/null; mount -t tmpfs shm /dev/shm 2>/dev/null
 mount -t proc proc {top}/proc && mount -t sysfs sys {top}/sys && \\

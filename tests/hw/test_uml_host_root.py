@@ -1,4 +1,4 @@
-"""`lguest run` on the host's own files (L:885): real UML, our virtio-fs back-end.
+"""`lguest run` on the host's own files (L:886): real UML, our virtio-fs back-end.
 
 By default the guest's root is the host's root, read-only, the current directory is
 writable at the same path, and the command runs there as the caller. Each test boots a
