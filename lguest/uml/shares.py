@@ -103,19 +103,61 @@ class Plan:
             return HOST_MOUNT
         return (HOST_MOUNT if self.host_root else "") + share.guest
 
+    def _container(self, share):
+        """The deepest other share holding this one's guest path (None: the initramfs)."""
+        holders = [o for o in self.shares if o.guest != share.guest and _under(share.guest, o.guest)]
+        return max(holders, key=lambda o: len(o.guest), default=None)
+
+    def mount_points_to_make(self):
+        """Directories to mkdir before mounting, as the initramfs sees them; LauncherError
+        for a guest path nothing can hold (on the read-only root, or inside another share:
+        it must be there already)."""
+        made = [HOST_MOUNT] if self.host_root else []
+        for share in self.shares:
+            if share.guest == "/":
+                continue
+            holder = self._container(share)
+            if holder is None or (holder.guest == "/" and _under(share.guest, "/tmp")):
+                made.append(share.guest)        # the initramfs's own root, or its /tmp
+                continue
+            inside = os.path.join(holder.host, os.path.relpath(share.guest, holder.guest))
+            if not os.path.isdir(inside):
+                where = ("the host's root (read-only)" if holder.guest == "/"
+                         else f"the share at {holder.guest}")
+                raise LauncherError(f"--share {share.host}:{share.guest}: {share.guest} is in "
+                                    f"{where} but {inside} is not a directory there; with "
+                                    "--root=host a guest path must exist, or be under /tmp")
+        return made
+
+    def _fstab(self):
+        """The mounts after the first, parents first, as fstab(5) lines."""
+        lines = []
+        for share in self.shares[1:]:
+            lines.append((share.tag, self._mount_point(share), "virtiofs",
+                          "ro" if share.read_only else "rw"))
+        if self.host_root:
+            lines[:0] = [(src, point.format(top=HOST_MOUNT), kind, opts)
+                         for src, point, kind, opts in _GUEST_OWN]
+        return "".join(" ".join(_fstab_escape(f) for f in line) + " 0 0\n" for line in lines)
+
     def setup_script(self):
-        """The busybox script the agent runs once per boot, as root, to mount it all."""
+        """The busybox script the agent runs once per boot, as root, to mount it all:
+        one `mount` (retried until virtio_uml has probed the tag) and one `mount -a` (a
+        fork costs ~10-30 ms in UML, so not one per mount)."""
         if not self.shares:
             return None
+        first = self.shares[0]
         lines = [_MOUNT_FUNCTION]
-        for share in self.shares:
-            point = shlex.quote(self._mount_point(share))
-            opts = "ro" if share.read_only else "rw"
-            # `[` is a shell builtin, mkdir a process: a fork costs ~10 ms in UML.
-            lines.append(f"{{ [ -d {point} ] || mkdir -p {point}; }} && "
-                         f"lg_mount {share.tag} {point} {opts} || exit 1")
-            if share.guest == "/":
-                lines.append(_GUEST_OWN_MOUNTS.format(top=HOST_MOUNT))
+        made = self.mount_points_to_make()
+        if made:
+            lines.append("mkdir -p " + " ".join(shlex.quote(d) for d in made) + " || exit 1")
+        lines.append(f"lg_mount {first.tag} {shlex.quote(self._mount_point(first))} "
+                     f"{'ro' if first.read_only else 'rw'} || exit 1")
+        fstab = self._fstab()
+        if fstab:
+            # In the initramfs's root, which the commands (chrooted) never see.
+            lines.append(f"printf '%s' {shlex.quote(fstab)} > /lguest.fstab")
+            lines.append("mount -a -T /lguest.fstab || exit 1")
         return "\n".join(lines) + "\n"
 
     def wrap(self, command):
@@ -142,11 +184,19 @@ _MOUNT_FUNCTION = f"""lg_mount() {{
   done
 }}"""
 
-# The guest's own /proc, /sys, /dev and /tmp over the host's (L:886).
-_GUEST_OWN_MOUNTS = """[ -d /dev/pts ] && [ -d /dev/shm ] || mkdir -p /dev/pts /dev/shm
-mount -t devpts devpts /dev/pts 2>/dev/null; mount -t tmpfs shm /dev/shm 2>/dev/null
-mount -t proc proc {top}/proc && mount -t sysfs sys {top}/sys && \\
-  mount --rbind /dev {top}/dev && mount --bind /tmp {top}/tmp || exit 1"""
+# The guest's own /proc, /sys, /dev and /tmp over the host's (L:886), as fstab fields.
+_GUEST_OWN = (("devpts", "/dev/pts", "devpts", "defaults"),
+              ("shm", "/dev/shm", "tmpfs", "defaults"),
+              ("proc", "{top}/proc", "proc", "defaults"),
+              ("sys", "{top}/sys", "sysfs", "defaults"),
+              ("/dev", "{top}/dev", "none", "rbind"),
+              ("/tmp", "{top}/tmp", "none", "bind"))
+
+
+def _fstab_escape(field):
+    """fstab's octal escapes (getmntent decodes them) for what would split a field."""
+    return "".join({" ": "\\040", "\t": "\\011", "\n": "\\012", "\\": "\\134"}.get(c, c)
+                   for c in field)
 
 
 def caller_env(environ=None):
@@ -171,21 +221,20 @@ def plan(shares=(), root="host", cwd=None, user=None, environ=None):
     if root == "initramfs":
         tagged = [Share(s.host, s.guest, s.read_only, f"lgshare{i}")
                   for i, s in enumerate(explicit)]
-        return Plan(root, tagged)
+        made = Plan(root, tagged)
+        made.mount_points_to_make()             # a guest path no share can hold: say so now
+        return made
     cwd = os.path.realpath(cwd or os.getcwd())
     implicit = []
     # The current directory is writable unless a --share already says what it is; "/"
     # or the guest's own directories are not shared again.
     if cwd not in seen and cwd != "/" and not any(_under(cwd, t) for t in GUEST_OWNED):
         implicit = [Share(cwd, cwd, False)]
-    for share in explicit:
-        if not (os.path.isdir(share.guest) or _under(share.guest, "/tmp")):
-            raise LauncherError(f"--share {share.host}:{share.guest}: with the host's root "
-                                f"(read-only) as the guest's, {share.guest} must be a "
-                                "directory on this host, or under /tmp")
     ordered = sorted(implicit + explicit, key=lambda s: s.guest.count("/"))
     tagged = [Share("/", "/", True, "lgroot")] + [
         Share(s.host, s.guest, s.read_only, f"lgshare{i}") for i, s in enumerate(ordered)]
     if user is None:
         user = (os.getuid(), os.getgid())
-    return Plan(root, tagged, cwd, tuple(user), caller_env(environ))
+    made = Plan(root, tagged, cwd, tuple(user), caller_env(environ))
+    made.mount_points_to_make()
+    return made

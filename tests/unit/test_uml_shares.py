@@ -93,21 +93,46 @@ def test_no_writable_share_for_a_cwd_of_root_or_in_the_guests_own_dirs():
 
 
 def test_with_the_host_root_a_guest_path_must_exist_or_be_under_tmp(tmp_path):
-    with pytest.raises(LauncherError, match="must be a directory on this host, or under /tmp"):
+    with pytest.raises(LauncherError, match="is in the host's root .read-only. but "
+                       "/no-such-top-dir-here is not a directory there"):
         plan([f"{tmp_path}:/no-such-top-dir-here"], root="host", cwd="/")
     p = plan([f"{tmp_path}:/tmp/new/place"], root="host", cwd="/")
     assert p.served[1] == (str(tmp_path), "lgshare0", False)
+    assert p.mount_points_to_make() == ["/host", "/tmp/new/place"]   # in the guest's tmpfs
+
+
+def test_a_share_inside_another_must_exist_in_that_one(tmp_path):
+    outer, inner = tmp_path / "outer", tmp_path / "inner"
+    outer.mkdir()
+    inner.mkdir()
+    for root in ("host", "initramfs"):
+        with pytest.raises(LauncherError, match=f"is in the share at /tmp/a but {outer}/b "):
+            plan([f"{outer}:/tmp/a", f"{inner}:/tmp/a/b"], root=root, cwd="/")
+    (outer / "b").mkdir()
+    p = plan([f"{outer}:/tmp/a", f"{inner}:/tmp/a/b"], root="initramfs")
+    assert p.mount_points_to_make() == ["/tmp/a"]
 
 
 def test_parents_are_mounted_before_children(tmp_path):
     inner = tmp_path / "inner"
-    inner.mkdir()
+    (inner / "b").mkdir(parents=True)
     p = plan([f"{tmp_path}:/tmp/a/b", f"{inner}:/tmp/a"], root="host", cwd="/")
     assert [s.guest for s in p.shares] == ["/", "/tmp/a", "/tmp/a/b"]
     script = p.setup_script()
-    assert script.index("/host/tmp/a ") < script.index("/host/tmp/a/b ")
-    # The guest's own file systems go over the host's, before any share below them.
-    assert script.index("mount --bind /tmp /host/tmp") < script.index("/host/tmp/a ")
+    # One retried mount for the root, then one `mount -a`: the guest's own file systems
+    # over the host's, then the shares, parents first.
+    assert "lg_mount lgroot /host ro" in script
+    fstab = script[script.index("printf '%s' '") + 13:script.index("' > /lguest.fstab")]
+    assert [line.split()[1] for line in fstab.splitlines()] == [
+        "/dev/pts", "/dev/shm", "/host/proc", "/host/sys", "/host/dev", "/host/tmp",
+        "/host/tmp/a", "/host/tmp/a/b"]
+
+
+def test_fstab_fields_are_escaped(tmp_path):
+    p = plan([f"{tmp_path}:/tmp/a b\\c"], root="initramfs")
+    p2 = plan([f"{tmp_path}:/tmp/x", f"{tmp_path}:/tmp/a b\\c,ro"], root="initramfs")
+    assert "lg_mount lgshare0 '/tmp/a b\\c' rw" in p.setup_script()
+    assert "lgshare1 /tmp/a\\040b\\134c virtiofs ro 0 0" in p2.setup_script()
 
 
 def test_initramfs_plan_mounts_at_the_guest_path_and_runs_commands_as_they_are(tmp_path):
@@ -115,6 +140,7 @@ def test_initramfs_plan_mounts_at_the_guest_path_and_runs_commands_as_they_are(t
     assert p.served == [(str(tmp_path), "lgshare0", True)]
     assert p.wrap("uname -a") == "uname -a"
     assert "lg_mount lgshare0 /mnt/data ro" in p.setup_script()
+    assert "mkdir -p /mnt/data" in p.setup_script()
     assert "/host" not in p.setup_script()
     assert plan(root="initramfs").setup_script() is None
 
