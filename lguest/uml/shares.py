@@ -166,7 +166,9 @@ class Plan:
             return command
         env = [shlex.quote(f"{k}={v}") for k, v in self.env.items()]
         uid, gid = self.user
-        return (f"exec /bin/busybox env -i {' '.join(env)} /bin/busybox nsenter -F "
+        # The agent's shell exports PATH and HOME only (L:821), and PWD, SHLVL of its
+        # own: `unset` and `export` are builtins, where `env -i` would be one more exec.
+        return (f"unset PWD OLDPWD SHLVL; export {' '.join(env)}; exec /bin/busybox nsenter -F "
                 f"{shlex.quote('-r' + HOST_MOUNT)} {shlex.quote('-w' + HOST_MOUNT + self.cwd)} "
                 f"-S {int(uid)} -G {int(gid)} /bin/sh -c {shlex.quote(command)}")
 

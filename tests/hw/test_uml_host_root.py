@@ -13,6 +13,7 @@ import tempfile
 
 import pytest
 
+from lguest.uml import shares
 from lguest.uml.guest import Guest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -171,8 +172,14 @@ def test_a_warm_guest_starts_each_command_afresh_in_the_cwd(uml, project):
         first = g.run("export LEAK=1; cd /; sleep 300 & echo $!")
         second = g.run(f"pwd; echo leak=${{LEAK-unset}}; "
                        f"kill -0 {first.stdout.strip()} 2>/dev/null && echo alive || echo gone")
+        env = g.run("env").stdout
     assert first.returncode == 0 and second.returncode == 0, second.stderr
     assert second.stdout.split() == [project, "leak=unset", "gone"] and g.boots == 1
+    # The caller's PATH, HOME, TERM, LANG (those set) and the shell's own PWD: no more.
+    names = {line.split("=", 1)[0] for line in env.splitlines()}
+    passed = {k for k in ("PATH", "HOME", "TERM", "LANG") if os.environ.get(k)}
+    assert names == passed | {"PATH", "HOME", "PWD"}
+    assert f"PATH={os.environ.get('PATH', shares.DEFAULT_PATH)}" in env.splitlines()
 
 
 def test_the_guest_has_its_own_proc_sys_dev_and_tmp(uml, project):
