@@ -8,11 +8,12 @@
 # over the host's, so nothing in the guest reads the host's /proc over FUSE (where every
 # file has size 0) or opens the host's device nodes. The busybox agent of L:821 stays in
 # the initramfs; a setup command it runs once per boot mounts the shares under /host,
-# and each command is wrapped to enter it: busybox `nsenter -r/host -w CWD -S UID -G
-# GID` chroots, changes directory and drops to the user's ids in one exec (the host root
-# holds no busybox, and once the ids are dropped chroot is no longer allowed), under
-# `env -i` with PATH, HOME, TERM and LANG from the caller. `--root=initramfs` keeps the
-# busybox guest as it was; its --share directories are mounted at their guest paths.
+# and each command is wrapped to enter it: busybox `nsenter -r/host -w/host/CWD -S UID -G
+# GID` chroots, changes directory (its -w is opened before the chroot) and drops to the
+# user's ids in one exec (the host root holds no busybox, and once the ids are dropped
+# chroot is no longer allowed), with an environment of PATH, HOME, TERM and LANG from
+# the caller. `--root=initramfs` keeps the busybox guest as it was; its --share
+# directories are mounted at their guest paths.
 """
 
 import os
@@ -105,7 +106,8 @@ class Plan:
 
     def _container(self, share):
         """The deepest other share holding this one's guest path (None: the initramfs)."""
-        holders = [o for o in self.shares if o.guest != share.guest and _under(share.guest, o.guest)]
+        holders = [o for o in self.shares
+                   if o.guest != share.guest and _under(share.guest, o.guest)]
         return max(holders, key=lambda o: len(o.guest), default=None)
 
     def mount_points_to_make(self):
