@@ -13,7 +13,7 @@ import tempfile
 
 import pytest
 
-from lguest.uml import shares
+from lguest.uml import kit as kit_module, shares
 from lguest.uml.guest import Guest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -189,3 +189,44 @@ def test_the_guest_has_its_own_proc_sys_dev_and_tmp(uml, project):
     # FUSE file systems say "fuseblk" to stat -f: the host's files are only / and the cwd.
     assert done.stdout.decode().split() == ["proc", "sysfs", "tmpfs", "tmpfs", "fuseblk",
                                             "fuseblk", "dev-ok"]
+
+
+NOBODY = 4321      # an unused uid/gid: as root we can be anyone
+
+
+@pytest.fixture(scope="module")
+def shared_cache(uml, tmp_path_factory):
+    """A copy of the kit's .debs built into a cache anyone can read (ours is root's)."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to run lguest as another user")
+    cache = tempfile.mkdtemp(prefix="lgcache-", dir="/tmp")
+    try:
+        debs = os.path.join(cache, "debs")
+        shutil.copytree(os.path.join(kit_module.cache_dir(), "debs"), debs)
+        kit_module.ensure_kit(cache)        # unpacked and built as root, then opened up
+        subprocess.run(["chmod", "-R", "a+rX", cache], check=True)
+        yield cache
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def test_a_non_root_user_runs_with_their_own_ids(uml, project, shared_cache):
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    as_user = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    env = {"PATH": "/usr/bin:/bin", "HOME": project, "LGUEST_CACHE": shared_cache,
+           "PYTHONPATH": ROOT, "TMPDIR": "/tmp"}
+    probe = subprocess.run([*as_user, python or "python3", "-c", "import lguest.uml.cli"],
+                           env=env, capture_output=True)
+    if python is None or probe.returncode != 0:
+        pytest.skip(f"this checkout is not importable by uid {NOBODY} with the system "
+                    f"python3: {probe.stderr.decode()[-200:]}")
+    os.chown(project, NOBODY, NOBODY)
+    done = subprocess.run([*as_user, python, "-m", "lguest", "run", "--timeout",
+                           str(TIMEOUT), "--", "sh", "-c",
+                           "id -u; id -g; echo hi > mine; cat /etc/shadow >/dev/null 2>&1 "
+                           "|| echo shadow-denied"], env=env, cwd=project,
+                          capture_output=True, timeout=TIMEOUT + 30)
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode().split() == [str(NOBODY), str(NOBODY), "shadow-denied"]
+    st = os.stat(os.path.join(project, "mine"))
+    assert (st.st_uid, st.st_gid) == (NOBODY, NOBODY)
