@@ -114,7 +114,7 @@ class Plan:
         """Directories to mkdir before mounting, as the initramfs sees them; LauncherError
         for a guest path nothing can hold (on the read-only root, or inside another share:
         it must be there already)."""
-        made = [HOST_MOUNT] if self.host_root else []
+        made = []
         for share in self.shares:
             if share.guest == "/":
                 continue
@@ -151,6 +151,9 @@ class Plan:
         first = self.shares[0]
         lines = [_MOUNT_FUNCTION]
         made = self.mount_points_to_make()
+        if self.host_root:
+            # The kit's initramfs has /host; `[` is a builtin, mkdir would be a process.
+            lines.append(f"[ -d {HOST_MOUNT} ] || mkdir {HOST_MOUNT} || exit 1")
         if made:
             lines.append("mkdir -p " + " ".join(shlex.quote(d) for d in made) + " || exit 1")
         lines.append(f"lg_mount {first.tag} {shlex.quote(self._mount_point(first))} "

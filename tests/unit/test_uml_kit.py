@@ -227,6 +227,8 @@ def test_initramfs_holds_busybox_modules_and_init(tmp_path):
     assert entries["lib/modules/virtio_net.ko"][1] == b"N"
     assert entries["init"][0] & 0o111 and entries["init"][1].startswith(b"#!/bin/sh")
     assert "dev/console" in entries
+    assert stat.S_ISDIR(entries["host"][0])          # the host root's mount point
+    assert image[:6] == b"070701"                    # plain cpio newc, not gzip'd
 
 
 def test_fetch_debs_uses_what_is_cached_without_apt(tmp_path, monkeypatch):

@@ -98,7 +98,8 @@ def test_with_the_host_root_a_guest_path_must_exist_or_be_under_tmp(tmp_path):
         plan([f"{tmp_path}:/no-such-top-dir-here"], root="host", cwd="/")
     p = plan([f"{tmp_path}:/tmp/new/place"], root="host", cwd="/")
     assert p.served[1] == (str(tmp_path), "lgshare0", False)
-    assert p.mount_points_to_make() == ["/host", "/tmp/new/place"]   # in the guest's tmpfs
+    assert p.mount_points_to_make() == ["/tmp/new/place"]            # in the guest's tmpfs
+    assert plan(root="host", cwd="/").mount_points_to_make() == []
 
 
 def test_a_share_inside_another_must_exist_in_that_one(tmp_path):
