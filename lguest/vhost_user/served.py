@@ -10,6 +10,7 @@
 # driver wrote is exactly the one the receiver's driver expects from a tap.
 """
 
+import os
 import select
 import socket
 from dataclasses import dataclass, field
@@ -67,9 +68,12 @@ def fs(path, tag, read_only=False):
     vhost-user serves it."""
     from ..devices.fs import FsDevice
     from ..host.fs import SharedDirectory, raise_fd_limit
+    from ..host.fs_root import HostRoot
     raise_fd_limit()
     try:
-        shared = SharedDirectory(path, read_only=read_only)
+        # A root's /proc, /sys and /dev are not served (L:396).
+        kind = HostRoot if os.path.realpath(path) == "/" else SharedDirectory
+        shared = kind(path, read_only=read_only)
     except OSError as e:
         raise LauncherError(f"--fs={path}: {e.strerror}") from None
     try:

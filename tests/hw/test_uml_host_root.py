@@ -230,3 +230,14 @@ def test_a_non_root_user_runs_with_their_own_ids(uml, project, shared_cache):
     assert done.stdout.decode().split() == [str(NOBODY), str(NOBODY), "shadow-denied"]
     st = os.stat(os.path.join(project, "mine"))
     assert (st.st_uid, st.st_gid) == (NOBODY, NOBODY)
+
+
+def test_with_its_own_proc_and_sys_unmounted_the_guest_sees_the_hosts_as_empty(uml, project):
+    if os.geteuid() != 0:
+        pytest.skip("only a root caller is root in the guest, where umount needs it")
+    done = lguest_run(["--", "sh", "-c", "umount /sys && umount /proc && "
+                       "ls -a /proc /sys | tr '\\n' ' '; cat /proc/version 2>/dev/null "
+                       "|| echo no-version"], project)
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode().split() == ["/proc:", ".", "..", "/sys:", ".", "..",
+                                            "no-version"]
