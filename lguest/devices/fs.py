@@ -195,6 +195,10 @@ class FsDevice(VirtioDevice):
             return -errno.EIO
 
     @property
+    def read_only(self):
+        return bool(getattr(self.fs, "read_only", False))
+
+    @property
     def stats(self):
         """The counters of every queue, added up."""
         return {key: sum(c[key] for c in self._counts) for key in COUNTERS}
@@ -227,7 +231,15 @@ class FsDevice(VirtioDevice):
 
     def do_lookup(self, req):
         (name,) = req.names(0, 1)
-        return self.entry(self.fs.lookup(req.nodeid, name))
+        try:
+            return self.entry(self.fs.lookup(req.nodeid, name))
+        except FileNotFoundError:
+            if not self.read_only:
+                raise
+            # Python's imports and the dynamic loader probe many names that are not
+            # there: on a read-only share the guest may remember that, as it does a name
+            # that is (VALID_SECONDS), instead of asking again.
+            return W.pack_negative_entry(VALID_SECONDS)
 
     def do_forget(self, req):
         (nlookup,) = req.body(W.FORGET_IN)
@@ -314,8 +326,9 @@ class FsDevice(VirtioDevice):
         flags, _ = req.body(W.OPEN_IN)
         # Without KEEP_CACHE every open drops the file's pages in the guest, so each
         # command of a warm guest reads libc and Python again. A read-only share's files
-        # change only from the host, which AUTO_INVAL_DATA (do_init) notices.
-        keep = W.FOPEN_KEEP_CACHE if getattr(self.fs, "read_only", False) else 0
+        # change only from the host, which AUTO_INVAL_DATA (do_init) notices. NOFLUSH:
+        # nothing written, nothing to flush, so close() need not wait on a FLUSH.
+        keep = W.FOPEN_KEEP_CACHE | W.FOPEN_NOFLUSH if self.read_only else 0
         return W.OPEN_OUT.pack(self.fs.open(req.nodeid, flags), keep, 0)
 
     def do_create(self, req):
