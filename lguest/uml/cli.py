@@ -119,7 +119,7 @@ def main(argv=None):
     try:
         with Guest(block=args.block, console=args.console, net=args.net, ip=args.ip,
                    mem=args.mem, timeout=args.timeout, backend=args.backend,
-                   root=args.root, share=args.share) as guest:
+                   root=args.root, share=args.share, terminal=sys.stdout.isatty()) as guest:
             result = guest.run(command, on_stdout=_writer(sys.stdout.buffer),
                                on_stderr=_writer(sys.stderr.buffer))
         return result.returncode

@@ -112,11 +112,13 @@ class Guest:
     root: "host" (the host's root, read-only, with cwd writable, commands run there as
     user: L:886) or "initramfs" (the busybox guest); share: more host directories,
     "HOST[:GUEST][,ro]" or (host, guest[, read_only]); cwd (default: ours) and user
-    ((uid, gid), default: ours) are where and as whom commands run with the host root.
+    ((uid, gid), default: ours) are where and as whom commands run with the host root;
+    terminal: our stdout is a terminal, so the caller's TERM is passed (else TERM=dumb).
     """
 
     def __init__(self, *, block=(), console=False, net=None, ip=None, mem=64, timeout=60.0,
-                 backend="lguest", kit=None, root="host", share=(), cwd=None, user=None):
+                 backend="lguest", kit=None, root="host", share=(), cwd=None, user=None,
+                 terminal=False):
         self.block = [b if isinstance(b, str) else f"{b[0]},ro" if b[1] else b[0]
                       for b in block]
         self.console = console
@@ -131,7 +133,7 @@ class Guest:
         self._booted = None
         for spec in self.block:
             servers.parse_block_spec(spec)
-        self.plan = shares_module.plan(share, root, cwd, user)
+        self.plan = shares_module.plan(share, root, cwd, user, terminal=terminal)
 
     def __enter__(self):
         self._kit = self._kit or kit_module.ensure_kit()

@@ -206,15 +206,20 @@ def _fstab_escape(field):
                    for c in field)
 
 
-def caller_env(environ=None):
+def caller_env(environ=None, terminal=False):
+    """PATH, HOME, TERM, LANG from the caller. The guest's stdout is a UML console
+    line, a tty whatever ours is: unless ours is a terminal too, TERM=dumb, so programs
+    that colour a tty (pytest, ls, git) do not put escape codes into a pipe or a file."""
     environ = os.environ if environ is None else environ
     env = {k: environ[k] for k in PASSED_ENV if environ.get(k)}
+    if not terminal:
+        env["TERM"] = "dumb"
     env.setdefault("PATH", DEFAULT_PATH)
     env.setdefault("HOME", "/")
     return env
 
 
-def plan(shares=(), root="host", cwd=None, user=None, environ=None):
+def plan(shares=(), root="host", cwd=None, user=None, environ=None, terminal=False):
     """Check the options and make the Plan; LauncherError for anything wrong."""
     if root not in ROOTS:
         raise LauncherError(f"--root={root}: must be one of {', '.join(ROOTS)}")
@@ -242,6 +247,6 @@ def plan(shares=(), root="host", cwd=None, user=None, environ=None):
         Share(s.host, s.guest, s.read_only, f"lgshare{i}") for i, s in enumerate(ordered)]
     if user is None:
         user = (os.getuid(), os.getgid())
-    made = Plan(root, tagged, cwd, tuple(user), caller_env(environ))
+    made = Plan(root, tagged, cwd, tuple(user), caller_env(environ, terminal))
     made.mount_points_to_make()
     return made

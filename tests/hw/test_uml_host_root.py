@@ -163,6 +163,7 @@ def test_pytest_on_a_tiny_project(uml, project):
     out = done.stdout.decode()
     assert done.returncode == 0, out + done.stderr.decode()
     assert "2 passed" in out
+    assert "\x1b[" not in out      # the guest's tty1 is a tty, but our stdout is a pipe
     with open(os.path.join(project, "from-pytest.txt")) as f:
         assert f.read() != os.uname().release            # it ran in the guest's kernel
 
@@ -177,8 +178,9 @@ def test_a_warm_guest_starts_each_command_afresh_in_the_cwd(uml, project):
     assert second.stdout.split() == [project, "leak=unset", "gone"] and g.boots == 1
     # The caller's PATH, HOME, TERM, LANG (those set) and the shell's own PWD: no more.
     names = {line.split("=", 1)[0] for line in env.splitlines()}
-    passed = {k for k in ("PATH", "HOME", "TERM", "LANG") if os.environ.get(k)}
-    assert names == passed | {"PATH", "HOME", "PWD"}
+    passed = {k for k in ("PATH", "HOME", "LANG") if os.environ.get(k)}
+    assert names == passed | {"PATH", "HOME", "PWD", "TERM"}
+    assert "TERM=dumb" in env.splitlines()          # our stdout is no terminal here
     assert f"PATH={os.environ.get('PATH', shares.DEFAULT_PATH)}" in env.splitlines()
 
 

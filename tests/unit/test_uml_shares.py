@@ -62,7 +62,7 @@ def test_an_unknown_root_is_refused():
 def test_host_root_plan_shares_root_read_only_and_cwd_read_write(tmp_path):
     p = plan(root="host", cwd=str(tmp_path), user=(1000, 100),
              environ={"PATH": "/usr/bin:/bin", "HOME": "/home/u", "TERM": "xterm",
-                      "LANG": "C.UTF-8", "SECRET": "no"})
+                      "LANG": "C.UTF-8", "SECRET": "no"}, terminal=True)
     assert p.served == [("/", "lgroot", True), (str(tmp_path), "lgshare0", False)]
     assert p.env == {"PATH": "/usr/bin:/bin", "HOME": "/home/u", "TERM": "xterm",
                      "LANG": "C.UTF-8"}
@@ -79,7 +79,15 @@ def test_host_root_plan_defaults_to_the_caller(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     p = plan(environ={})
     assert p.cwd == str(tmp_path) and p.user == (os.getuid(), os.getgid())
-    assert p.env == {"PATH": shares.DEFAULT_PATH, "HOME": "/"}
+    assert p.env == {"PATH": shares.DEFAULT_PATH, "HOME": "/", "TERM": "dumb"}
+
+
+def test_term_is_the_callers_only_when_our_stdout_is_a_terminal():
+    # The guest's stdout is a tty (a UML console line) even when ours is a pipe.
+    environ = {"TERM": "xterm-256color", "PATH": "/bin"}
+    assert plan(root="host", cwd="/", environ=environ).env["TERM"] == "dumb"
+    assert plan(root="host", cwd="/", environ=environ,
+                terminal=True).env["TERM"] == "xterm-256color"
 
 
 def test_an_explicit_share_of_the_cwd_replaces_the_writable_one(tmp_path):
