@@ -54,8 +54,8 @@ def parse_block(text):
 class DeviceSpec:
     """One device from the command line, in command-line order (console is always first)."""
     kind: str                      # a key of lguest.host.factory.DEVICE_KINDS
-    path: str = None               # block: image file
-    read_only: bool = False        # block: --block=FILE,ro
+    path: str = None               # block: image file; fs: the shared directory
+    read_only: bool = False        # block: --block=FILE,ro; fs: refuse every write
     ip: str = None                 # net: host-end IPv4 address
     bridge: str = None             # net: bridge name instead of an address
     mac: str = None                # net: guest MAC address
@@ -63,6 +63,7 @@ class DeviceSpec:
     name: str = None               # the device's name in logs (None: its kind's default)
     sectors: int = None            # block over an in-memory disk: its size (simulations)
     queues: int = 1                # block: request queues (VIRTIO_BLK_F_MQ past 1)
+    tag: str = None                # fs: the tag the guest mounts it by
 
 
 @dataclass

@@ -3,7 +3,8 @@
 #L:940 From a DeviceSpec (L:952) to a working device, for every transport: the PCI
 # launcher, the simulated guest, `lguest run` and `lguest vhost-user` all build their
 # devices here. The host resources are opened (the seed's setup_console,
-# setup_block_file, setup_rng, setup_tun_net) and handed to the sans-I/O device; what
+# setup_block_file, setup_rng, setup_tun_net, and a shared directory for virtio-fs)
+# and handed to the sans-I/O device; what
 # comes back says which fd wakes which queue when the host has input for it (stdin
 # for the console, the tap for net), and each transport makes its own runner from
 # that (L:941). Where the resources come from is a choice of its own: HostResources
@@ -101,7 +102,20 @@ def _net(spec, resources):
     return BuiltDevice(device, opened, {RX: link.fd}, where)
 
 
-DEVICE_KINDS = {"console": _console, "block": _block, "rng": _rng, "net": _net}
+def _fs(spec, resources):
+    from ..devices.fs import FsDevice          # only a share pays for the FUSE tables
+    shared = resources.shared_directory(spec)
+    with _closing_on_error([shared]):
+        try:
+            device = FsDevice(shared, spec.tag, name=spec.name or f"fs:{spec.tag}")
+        except ValueError as e:
+            raise LauncherError(f"--tag={spec.tag}: {e}") from None
+    mode = " (read-only)" if spec.read_only else ""
+    # FsDevice.close() closes the share itself, so it is not a resource of its own.
+    return BuiltDevice(device, [], {}, f"virtio-fs {spec.tag}: {spec.path}{mode}")
+
+
+DEVICE_KINDS = {"console": _console, "block": _block, "rng": _rng, "net": _net, "fs": _fs}
 
 
 class HostResources:
@@ -140,6 +154,17 @@ class HostResources:
     def entropy(self):
         from .rng import UrandomSource
         return UrandomSource()
+
+    def shared_directory(self, spec):
+        """A host directory for virtio-fs; every inode the guest holds is an fd of ours."""
+        from .fs import SharedDirectory, raise_fd_limit
+        if not spec.path:
+            raise LauncherError("a virtio-fs device needs a directory")
+        raise_fd_limit()
+        try:
+            return SharedDirectory(spec.path, read_only=spec.read_only)
+        except OSError as e:
+            raise LauncherError(f"--fs={spec.path}: {e.strerror}") from None
 
     def net_link(self, spec, opened):
         """A tap, configured as the spec says; appended to `opened` as soon as it is open.
@@ -187,3 +212,7 @@ class InMemoryResources:
 
     def net_link(self, spec, opened):
         raise LauncherError("no in-memory network device: give it a link (L:760)")
+
+    def shared_directory(self, spec):
+        raise LauncherError("no in-memory shared directory: virtio-fs serves a host "
+                            "directory (L:391)")

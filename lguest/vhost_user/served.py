@@ -63,20 +63,8 @@ def block(text, name="vda", num_queues=1):
 
 
 def fs(path, tag, read_only=False):
-    """A host directory as a virtio-fs device (L:391). Not yet a factory kind: only
-    vhost-user serves it."""
-    from ..devices.fs import FsDevice
-    from ..host.fs import SharedDirectory, raise_fd_limit
-    raise_fd_limit()
-    try:
-        shared = SharedDirectory(path, read_only=read_only)
-    except OSError as e:
-        raise LauncherError(f"--fs={path}: {e.strerror}") from None
-    try:
-        return Served(FsDevice(shared, tag, name=f"fs:{tag}"))
-    except ValueError as e:
-        shared.close()
-        raise LauncherError(f"--tag={tag}: {e}") from None
+    """A host directory as a virtio-fs device (L:391), mounted in the guest by `tag`."""
+    return serve(DeviceSpec("fs", path=path, tag=tag, read_only=read_only))
 
 
 def console(in_fd=0, out_fd=1):
