@@ -4,10 +4,9 @@
 # launcher, the simulated guest, `lguest run` and `lguest vhost-user` all build their
 # devices here. The host resources are opened (the seed's setup_console,
 # setup_block_file, setup_rng, setup_tun_net, and a shared directory for virtio-fs)
-# and handed to the sans-I/O device; what
-# comes back says which fd wakes which queue when the host has input for it (stdin
-# for the console, the tap for net), and each transport makes its own runner from
-# that (L:941). Where the resources come from is a choice of its own: HostResources
+# and handed to the sans-I/O device; what comes back says which fd wakes which queue
+# when the host has input for it (stdin for the console, the tap for net), and each
+# transport makes its own runner from that (L:941). Where the resources come from is a choice of its own: HostResources
 # opens real files, /dev/urandom, the terminal and taps; InMemoryResources keeps
 # disks in bytearrays and counts entropy (L:300), for runs that must come out the
 # same every time.
