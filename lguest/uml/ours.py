@@ -88,9 +88,5 @@ class OurServers:
         return self
 
     def __exit__(self, *exc):
-        for server in self._servers:
-            server.close()
-            server.backend.disconnect()
-        for served in self._served:
-            served.close()
+        served_devices.stop_serving(self._servers, self._served)
         self._servers, self._served = [], []

@@ -105,11 +105,7 @@ def serve(served, paths, stop, isolate=False):
         else:
             stop.wait()
     finally:
-        for server in servers:
-            server.close()
-            server.backend.disconnect()
-        for item in served:
-            item.close()
+        devices.stop_serving(servers, served)
 
 
 def main(argv=None):

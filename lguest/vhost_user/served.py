@@ -44,6 +44,16 @@ class Served:
             resource.close()
 
 
+def stop_serving(servers, items):
+    """Close the servers (their listeners and sessions, so no ring thread is left
+    serving), then the devices and what they opened, in that order."""
+    for server in servers:
+        server.close()
+        server.backend.disconnect()
+    for item in items:
+        item.close()
+
+
 # The console of `lguest vhost-user --console` is our stdin/stdout, but not the
 # launcher's terminal: no raw mode, and ^C is the shell's as usual.
 _HOST = HostResources(terminal=False)

@@ -101,11 +101,7 @@ def test_net_pair_carries_a_frame_from_one_guest_to_the_other(tmp_path):
             assert got.data[12:] == frame[12:]
             assert struct.unpack_from("<H", got.data, 10)[0] == 1      # num_buffers
     finally:
-        for s in servers:
-            s.close()
-            s.backend.disconnect()
-        for s in pair:
-            s.close()
+        devices.stop_serving(servers, pair)
 
 
 def test_bench_completes_requests_both_ways(tmp_path):
