@@ -260,3 +260,53 @@ def test_many_resets_through_the_transport_leak_nothing(tmp_path):
     assert open_fds() == fds - 2                        # ... and its kick and stop eventfds
     guest.close()
     host.close()
+
+
+def test_an_inline_queue_is_served_within_the_kick_on_the_kicking_thread():
+    dev, ring = rng_setup()
+    ring.add([], [16])                       # before start: served by start itself
+    irq = Counter()
+    threads = threading.active_count()
+    runner = ThreadedRunner(inline_queues={0})
+    runner.start(dev, irq)
+    try:
+        assert ring.memory.read_u16(ring.used + 2) == 1 and irq.calls == [0]
+        assert threading.active_count() == threads and runner.kick_fd(0) is None
+        for _ in range(3):
+            ring.add([], [32])
+        runner.kick(0)                       # no waiting: done when kick() returns
+        assert ring.memory.read_u16(ring.used + 2) == 4 and irq.calls == [0, 0]
+        assert runner.running
+    finally:
+        runner.stop()
+    assert not runner.running
+    ring.add([], [8])
+    runner.kick(0)                           # after stop: nothing served
+    assert ring.memory.read_u16(ring.used + 2) == 4
+
+
+def test_a_guest_error_on_an_inline_queue_is_reported_and_stops_it():
+    dev, ring = rng_setup()
+    errors = []
+    runner = ThreadedRunner(on_error=errors.append, inline_queues={0})
+    runner.start(dev, Counter())
+    try:
+        ring.add([b"bad"], [16])
+        runner.kick(0)
+        assert [e.rule for e in errors] == ["Output buffers in rng?"]
+        runner.kick(0)                       # stopped: not reported twice
+        assert len(errors) == 1
+    finally:
+        runner.stop()
+
+
+def test_the_launchers_console_output_is_served_inline_and_input_on_a_thread():
+    r, w = os.pipe()
+    try:
+        host = build_device(DeviceSpec("console"), stdin=r, stdout=w, raw_terminal=False)
+        assert host.runner.inline_queues == {OUTPUT}
+        assert INPUT in host.wake_fds
+        host.close()
+    finally:
+        os.close(r)
+        os.close(w)
