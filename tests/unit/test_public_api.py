@@ -102,6 +102,8 @@ def public_functions(module):
             owner = next((k for k in obj.__mro__ if attr in vars(k)), None)
             if owner is None or not owner.__module__.startswith("lguest"):
                 continue                # Exception's, RuleBasedStateMachine's, object's
+            if attr in getattr(owner, "__dataclass_fields__", {}):
+                continue                # a field (its default may be a function), not a method
             value = vars(owner)[attr]
             if isinstance(value, (staticmethod, classmethod)):
                 value = value.__func__
