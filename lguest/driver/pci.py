@@ -14,7 +14,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from ..pci.bus import MMIO, PCI_CONFIG_ADDR, PCI_CONFIG_DATA, PIO
 from ..pci.config import (FIELDS, PCI_CAP_ID_VNDR, PCI_STATUS_CAP_LIST,
@@ -233,7 +233,7 @@ class DeviceHandle:
     # vp_iowrite64_twopart), and find its notify address from queue_notify_off and
     # notify_off_multiplier. "Select and activate all queues. Has to be done last:
     # once we do this, there's no way to go back except reset."
-    def setup_queues(self, sizes: list[int] | None = None) -> list[DriverQueue | None]:
+    def setup_queues(self, sizes: Sequence[int] | None = None) -> list[DriverQueue | None]:
         """Lay out and enable every queue the device has (None where it has none)."""
         count = self.read_common("num_queues")
         for qi in range(count):
