@@ -80,8 +80,8 @@ def _host_devices(specs, fake, out, on_error):
     try:
         for spec in specs:
             device = make_device(spec, resources)
-            runner = InlineRunner() if fake else ThreadedRunner(
-                wake_fds=device.wake_fds, on_error=on_error, inline_queues=device.inline_queues)
+            runner = InlineRunner() if fake else ThreadedRunner(wake_fds=device.wake_fds,
+                                                                on_error=on_error)
             built.append(HostDevice.from_built(device, runner))
     except BaseException:
         for host in built:

@@ -23,8 +23,7 @@ class HostDevice(BuiltDevice):
 
     @classmethod
     def from_built(cls, built, runner):
-        return cls(built.device, built.resources, built.wake_fds, built.description,
-                   built.inline_queues, runner)
+        return cls(built.device, built.resources, built.wake_fds, built.description, runner)
 
     def close(self):
         self.runner.stop()
@@ -34,6 +33,4 @@ class HostDevice(BuiltDevice):
 def build_device(spec, *, stdin=0, stdout=1, on_error=None, raw_terminal=True):
     """Open what `spec` (a lguest.config.DeviceSpec) needs and return a HostDevice."""
     built = make_device(spec, HostResources(stdin, stdout, raw_terminal=raw_terminal))
-    runner = ThreadedRunner(wake_fds=built.wake_fds, on_error=on_error,
-                            inline_queues=built.inline_queues)
-    return HostDevice.from_built(built, runner)
+    return HostDevice.from_built(built, ThreadedRunner(wake_fds=built.wake_fds, on_error=on_error))

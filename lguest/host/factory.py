@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from ..config import parse_mac
 from ..devices.block import ID_BYTES, BlockDevice
-from ..devices.console import INPUT, OUTPUT, ConsoleDevice
+from ..devices.console import INPUT, ConsoleDevice
 from ..devices.inmemory import BufferSink, CountingEntropy, MemoryStore
 from ..devices.net import RX, NetDevice
 from ..devices.rng import RngDevice
@@ -38,8 +38,6 @@ class BuiltDevice:
     resources: list = field(default_factory=list)   # each has close()
     wake_fds: dict = field(default_factory=dict)    # queue index -> fd with host input
     description: str = ""
-    # queues a launcher serves in the notify's own trap, not on a thread (L:904)
-    inline_queues: frozenset = frozenset()
 
     def close(self):
         self.device.close()
@@ -77,7 +75,7 @@ def _console(spec, resources):
     with _closing_on_error(opened):           # the terminal goes back if this fails
         device = ConsoleDevice(sink, source, **_named(spec, **options))
     wake = {INPUT: source.fd} if source is not None else {}
-    return BuiltDevice(device, opened, wake, "console", inline_queues=frozenset({OUTPUT}))
+    return BuiltDevice(device, opened, wake, "console")
 
 
 def _block(spec, resources):

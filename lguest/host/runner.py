@@ -34,14 +34,11 @@ class ThreadedRunner(DeviceRunner):
     (device.wants_host_input(qi)): the seed's input threads sat in readv() on it.
     `on_error(exc)` hears of a GuestError (or anything else) that stopped a queue's
     thread; without it the error is logged. The interrupt callable is called from the
-    queue threads, so it must be thread-safe. `inline_queues` are served by kick()
-    itself, on the kicking thread, with no thread of their own (L:904)."""
+    queue threads, so it must be thread-safe."""
 
-    def __init__(self, wake_fds=None, on_error=None, inline_queues=()):
+    def __init__(self, wake_fds=None, on_error=None):
         self.wake_fds = dict(wake_fds or {})
         self.on_error = on_error
-        self.inline_queues = frozenset(inline_queues)
-        self._inline = {}                  # queue index -> (device, interrupt) while started
         # on_queue_error(qi, exc), if set, hears which queue stopped (vhost-user, L:730).
         self.on_queue_error = None
         self.device = None
@@ -60,9 +57,6 @@ class ThreadedRunner(DeviceRunner):
             for qi, queue in enumerate(device.queues):
                 if queue is None:
                     continue
-                if qi in self.inline_queues:
-                    self._inline[qi] = (device, interrupt)
-                    continue
                 self._kick_fds[qi] = os.eventfd(0, EFD_FLAGS)
                 # Everything the thread needs is handed over now: a stop() that runs
                 # before the thread's first line clears self._stop_fd and self.device,
@@ -76,37 +70,12 @@ class ThreadedRunner(DeviceRunner):
             # served because each thread starts with a pass over its queue.
             for thread in self._threads:
                 thread.start()
-        for qi in list(self._inline):
-            self._serve_inline(qi)
 
     def kick(self, queue_index):
         with self._lock:
             fd = self._kick_fds.get(queue_index)
             if fd is not None:
                 os.eventfd_write(fd, 1)
-        if queue_index in self._inline:
-            self._serve_inline(queue_index)
-
-    #L:904 Some queues are better served on the spot. Linux's virtio console waits for
-    # each output buffer by spinning until the host has used it (__send_to_port's
-    # cpu_relax loop), so a thread for hvc0's output buys nothing: the guest can do
-    # nothing else meanwhile, and on a one-CPU lguest host the spinning guest even keeps
-    # that thread from running until the scheduler preempts it. Served inside the
-    # notify's trap, the buffer is used before the guest runs again. A queue served
-    # inline has no kick eventfd, so KVM traps its notify too instead of an ioeventfd.
-    def _serve_inline(self, qi):
-        entry = self._inline.get(qi)
-        if entry is None:
-            return
-        device, interrupt = entry
-        # One bounded pass: the guest is stopped while we serve, so it cannot have
-        # offered more than a ring's worth; what a hostile ring keeps adding past the
-        # rounds waits for its next notify (L:221).
-        try:
-            serve_until_idle(device, qi, interrupt)
-        except Exception as exc:            # noqa: BLE001 - reported as a queue thread's error
-            self._inline.pop(qi, None)      # a stopped queue, as its thread would be
-            self._failed(device, qi, exc)
 
     def kick_fd(self, queue_index):
         """The eventfd a kick writes (for an ioeventfd or a vhost-user kick fd)."""
@@ -121,7 +90,6 @@ class ThreadedRunner(DeviceRunner):
             threads, self._threads = self._threads, []
             fds = list(self._kick_fds.values())
             self._kick_fds = {}
-            self._inline = {}
             stop_fd, self._stop_fd = self._stop_fd, None
         if stop_fd is None:
             return
@@ -136,7 +104,7 @@ class ThreadedRunner(DeviceRunner):
 
     @property
     def running(self):
-        return bool(self._threads or self._inline)
+        return bool(self._threads)
 
     # -- one queue's thread ------------------------------------------------------------
     def _serve(self, qi, queue, kick_fd, device, interrupt, stop_fd):
