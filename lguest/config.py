@@ -4,7 +4,9 @@
 # Guest API) spells a device's options the same way, so each spelling is parsed here,
 # once, with one set of rules: an IPv4 address is four decimal numbers of ASCII digits,
 # each a byte ("1_0", which Python's int() takes, is not one); a MAC address is six
-# parts of one or two hex digits; a block file is FILE or FILE,ro or FILE,rw.
+# parts of one or two hex digits; a block file is FILE or FILE,ro or FILE,rw. A tap's
+# host address may carry a prefix length, IP/PREFIX (0..32); without one the kernel
+# gives the address its classful netmask, as the seed's SIOCSIFADDR always did.
 """
 
 import re
@@ -25,6 +27,24 @@ def parse_ip(text):
     if len(parts) != 4 or not all(_DECIMAL.fullmatch(p) and int(p) <= 255 for p in parts):
         raise LauncherError(f"Failed to parse IP address '{text}'")
     return bytes(int(p) for p in parts)
+
+
+def parse_address(text):
+    """"10.0.0.1" or "10.0.0.1/24" -> (the address text, the prefix length or None).
+
+    The prefix is 0..32 in decimal ASCII digits; anything else is a LauncherError."""
+    address, slash, prefix = text.partition("/")
+    parse_ip(address)
+    if not slash:
+        return address, None
+    if not _DECIMAL.fullmatch(prefix) or int(prefix) > 32:
+        raise LauncherError(f"Failed to parse prefix length '{prefix}' in '{text}' (0..32)")
+    return address, int(prefix)
+
+
+def prefix_netmask(prefix):
+    """24 -> b"\\xff\\xff\\xff\\x00": the netmask of a prefix length."""
+    return (((1 << prefix) - 1) << (32 - prefix)).to_bytes(4, "big")
 
 
 def parse_mac(text):
@@ -57,6 +77,7 @@ class DeviceSpec:
     path: str = None               # block: image file
     read_only: bool = False        # block: --block=FILE,ro
     ip: str = None                 # net: host-end IPv4 address
+    prefix: int = None             # net: its prefix length (None: the classful netmask)
     bridge: str = None             # net: bridge name instead of an address
     mac: str = None                # net: guest MAC address
     tap: str = None                # net: the tap interface's name (None: a new tap%d)

@@ -155,8 +155,9 @@ class HostResources:
             configure_device(tap.name, None)
             return tap, f"tun {tap.name}: attached to bridge: {spec.bridge}"
         if spec.ip or not spec.tap:
-            configure_device(tap.name, spec.ip)
-        return tap, f"tun {tap.name}: {spec.ip or 'no address'}"
+            configure_device(tap.name, spec.ip, spec.prefix)
+        address = spec.ip and (spec.ip + (f"/{spec.prefix}" if spec.prefix is not None else ""))
+        return tap, f"tun {tap.name}: {address or 'no address'}"
 
 
 def simulated_disk(sectors):

@@ -14,7 +14,7 @@ import select
 import socket
 import struct
 
-from ..config import parse_ip
+from ..config import parse_ip, prefix_netmask
 from ..errors import LauncherError
 from ..virtio import VNET_HDR_SIZE
 
@@ -34,6 +34,7 @@ TUN_F_TSO_ECN = 0x08
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 SIOCSIFADDR = 0x8916
+SIOCSIFNETMASK = 0x891C
 SIOCBRADDIF = 0x89A2
 IFF_UP = 0x1
 IFNAMSIZ = 16
@@ -103,12 +104,19 @@ def _ioctl(fd, request, arg, what):
 #L:931 configure_device(): give the host end an IPv4 address and bring it up, so
 # packets will flow. "Don't read these incantations. Just cut & paste them like I
 # did!" Any socket will do for the ioctls. Unlike the seed we keep the interface's
-# other flags when we add IFF_UP.
-def configure_device(ifname, ip=None):
+# other flags when we add IFF_UP. SIOCSIFADDR gives the address its classful netmask
+# (10.x: /8), so two taps with 10.x addresses would both route all of 10.0.0.0/8 and
+# the newer one would take the other's replies; a prefix (IP/24) sets the netmask
+# after the address, so each tap routes only its own subnet.
+def configure_device(ifname, ip=None, prefix=None):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         address = parse_ip(ip) if ip else bytes(4)
         sin = struct.pack("HH4s8x", socket.AF_INET, 0, address)
         _ioctl(sock.fileno(), SIOCSIFADDR, ifreq(ifname, sin), f"Setting {ifname} interface address")
+        if ip and prefix is not None:
+            mask = struct.pack("HH4s8x", socket.AF_INET, 0, prefix_netmask(prefix))
+            _ioctl(sock.fileno(), SIOCSIFNETMASK, ifreq(ifname, mask),
+                   f"Setting {ifname} netmask /{prefix}")
         current = _ioctl(sock.fileno(), SIOCGIFFLAGS, ifreq(ifname), f"Reading {ifname} flags")
         flags = struct.unpack_from("H", current, IFNAMSIZ)[0] | IFF_UP
         _ioctl(sock.fileno(), SIOCSIFFLAGS, ifreq(ifname, struct.pack("H", flags)),

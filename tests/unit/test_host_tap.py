@@ -71,6 +71,41 @@ def test_tap_is_configured_up_with_the_address(netdev):
         ifreq = struct.pack("16s24x", tap.name.encode())
         addr = fcntl.ioctl(s.fileno(), 0x8915, ifreq)        # SIOCGIFADDR
     assert socket.inet_ntoa(addr[20:24]) == "10.213.7.1"
+    assert netmask(tap.name) == "255.0.0.0"          # no prefix: classful, as the seed
+
+
+def netmask(ifname):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        ifreq = struct.pack("16s24x", ifname.encode())
+        return socket.inet_ntoa(fcntl.ioctl(s.fileno(), 0x891B, ifreq)[20:24])   # SIOCGIFNETMASK
+
+
+def routes_of(ifname):
+    """The IPv4 routes through ifname, from /proc/net/route: (destination, mask) texts."""
+    found = []
+    with open("/proc/net/route") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if fields[0] == ifname:
+                dest, mask = (socket.inet_ntoa(struct.pack("<I", int(x, 16))) for x in (fields[1], fields[7]))
+                found.append((dest, mask))
+    return found
+
+
+@needs_tap
+def test_two_taps_with_prefixes_route_only_their_own_subnets():
+    # Classful, both would route 10.0.0.0/8 and the second would take the first's replies.
+    a = build_device(DeviceSpec("net", ip="10.214.1.1", prefix=24))
+    b = build_device(DeviceSpec("net", ip="10.214.2.1", prefix=24))
+    try:
+        ta, tb = a.resources[0], b.resources[0]
+        assert (netmask(ta.name), netmask(tb.name)) == ("255.255.255.0", "255.255.255.0")
+        assert routes_of(ta.name) == [("10.214.1.0", "255.255.255.0")]
+        assert routes_of(tb.name) == [("10.214.2.0", "255.255.255.0")]
+        assert "10.214.1.1/24" in a.description
+    finally:
+        a.close()
+        b.close()
 
 
 @needs_tap
