@@ -62,7 +62,11 @@ class NetDevice(VirtioDevice):
         if mac is not None:
             self.config[0:6] = parse_mac(mac) if isinstance(mac, str) else bytes(mac)
             self.features |= bit(F_MAC)
-        self.stats = {"rx": 0, "tx": 0, "tx_errors": 0, "rx_errors": 0}
+        # rx_waits: how often a frame was waiting in the tap while the guest had no rx
+        # buffer for it. Such a frame is not dropped: it stays in the tap's queue (the
+        # kernel's, 500 frames; past that the tap drops and counts tx_dropped) until
+        # buffers come (scripts/net-boot-loss reads both counts).
+        self.stats = {"rx": 0, "tx": 0, "tx_errors": 0, "rx_errors": 0, "rx_waits": 0}
 
     def process(self, queue_index):
         try:
@@ -108,6 +112,7 @@ class NetDevice(VirtioDevice):
         while not self.tap.will_block():
             chain = queue.pop()
             if chain is None:
+                self.stats["rx_waits"] += 1
                 break
             if chain.readable:
                 raise GuestError("Output buffers in net input queue?")
