@@ -47,6 +47,19 @@ def prefix_netmask(prefix):
     return (((1 << prefix) - 1) << (32 - prefix)).to_bytes(4, "big")
 
 
+NET_MAX_QUEUE_PAIRS = 16      # queue pairs a net device takes (a tap queue each)
+
+
+def parse_net_queues(text):
+    """A net device's options after the comma: 'queues=N' (queue pairs, 1..16) -> N."""
+    name, equals, value = text.partition("=")
+    if name != "queues" or not equals:
+        raise LauncherError(f"unknown net option '{text}' (the only one is queues=N)")
+    if not _DECIMAL.fullmatch(value) or not 1 <= int(value) <= NET_MAX_QUEUE_PAIRS:
+        raise LauncherError(f"queues={value}: expected 1..{NET_MAX_QUEUE_PAIRS} queue pairs")
+    return int(value)
+
+
 def parse_mac(text):
     """The seed's str2mac(): "52:54:00:12:34:56" -> its 6 bytes; LauncherError otherwise."""
     parts = text.split(":")
@@ -83,7 +96,7 @@ class DeviceSpec:
     tap: str = None                # net: the tap interface's name (None: a new tap%d)
     name: str = None               # the device's name in logs (None: its kind's default)
     sectors: int = None            # block over an in-memory disk: its size (simulations)
-    queues: int = 1                # block: request queues (VIRTIO_BLK_F_MQ past 1)
+    queues: int = 1                # block: request queues (VIRTIO_BLK_F_MQ past 1); net: queue pairs
 
 
 @dataclass

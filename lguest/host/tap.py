@@ -23,7 +23,11 @@ TUNSETIFF = 0x400454CA
 TUNSETNOCSUM = 0x400454C8
 TUNSETOFFLOAD = 0x400454D0
 TUNSETVNETHDRSZ = 0x400454D8
+TUNSETQUEUE = 0x400454D9
 IFF_TAP = 0x0002
+IFF_MULTI_QUEUE = 0x0100
+IFF_ATTACH_QUEUE = 0x0200
+IFF_DETACH_QUEUE = 0x0400
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
 TUN_F_CSUM = 0x01
@@ -62,20 +66,27 @@ class Tap:
         ready, _, _ = select.select([self.fd], [], [], 0)
         return not ready
 
+    def set_attached(self, on):
+        """One queue of a multi-queue tap: take the host's frames (on) or not (TUNSETQUEUE)."""
+        flag = IFF_ATTACH_QUEUE if on else IFF_DETACH_QUEUE
+        _ioctl(self.fd, TUNSETQUEUE, ifreq("", struct.pack("H", flag)),
+               f"{'attaching' if on else 'detaching'} a queue of {self.name}")
+
     def close(self):
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
 
 
-def open_tap(pattern="tap%d"):
-    """get_tun_device(): a new tap with the seed's flags, offloads and header size."""
+def open_tap(pattern="tap%d", *, multi_queue=False):
+    """get_tun_device(): a new tap with the seed's flags, offloads and header size.
+    multi_queue: one queue of a tap that may have several (IFF_MULTI_QUEUE)."""
     try:
         fd = os.open(TUN_PATH, os.O_RDWR | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as e:
         raise LauncherError(f"Failed to open {TUN_PATH}: {e.strerror}") from None
     try:
-        flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR
+        flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | (IFF_MULTI_QUEUE if multi_queue else 0)
         result = _ioctl(fd, TUNSETIFF, ifreq(pattern, struct.pack("H", flags)), "configuring /dev/net/tun")
         _ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN,
                "Could not set features for tun device")
@@ -92,6 +103,21 @@ def open_tap(pattern="tap%d"):
         raise
     name = result[:IFNAMSIZ].rstrip(b"\0").decode()
     return Tap(fd, name)
+
+
+def open_tap_queues(pattern, count):
+    """`count` queues of one multi-queue tap (the first names it; the others join it).
+    All are closed if any fails."""
+    first = open_tap(pattern, multi_queue=True)
+    taps = [first]
+    try:
+        while len(taps) < count:
+            taps.append(open_tap(first.name, multi_queue=True))
+    except BaseException:
+        for tap in taps:
+            tap.close()
+        raise
+    return taps
 
 
 def _ioctl(fd, request, arg, what):
