@@ -97,7 +97,8 @@ class NetDevice(VirtioDevice):
         # buffer for it. Such a frame is not dropped: it stays in the tap's queue (the
         # kernel's, 500 frames; past that the tap drops and counts tx_dropped) until
         # buffers come (scripts/net-boot-loss reads both counts).
-        self.stats = {"rx": 0, "tx": 0, "tx_errors": 0, "rx_errors": 0, "rx_waits": 0}
+        self.stats = {"rx": 0, "tx": 0, "tx_errors": 0, "rx_errors": 0, "rx_waits": 0,
+                      "ctrl": 0, "pairs_set": None}
 
     @property
     def vhost_queue_num(self):
@@ -161,6 +162,7 @@ class NetDevice(VirtioDevice):
         return used
 
     def command(self, data):
+        self.stats["ctrl"] += 1
         if len(data) < 2 or (data[0], data[1]) != (CTRL_MQ, CTRL_MQ_VQ_PAIRS_SET):
             return CTRL_ERR
         if not self.negotiated & bit(F_MQ) or len(data) < 4:
@@ -171,6 +173,8 @@ class NetDevice(VirtioDevice):
                         self.queue_pairs)
             return CTRL_ERR
         self.active_pairs = pairs
+        self.stats["pairs_set"] = pairs
+        log.info("%s: the driver uses %d of %d queue pairs", self.name, pairs, self.queue_pairs)
         self._attach_taps()
         return CTRL_OK
 

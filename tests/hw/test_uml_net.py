@@ -82,3 +82,23 @@ def test_two_guests_on_two_taps_at_once_each_reach_their_host(uml):
     for r, host in zip(results, hosts):
         assert r.returncode == 0, r
         assert replies(r.stdout, host) == 3, r.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/net/tun"),
+                    reason="a tap needs /dev/net/tun and root (CAP_NET_ADMIN)")
+def test_uml_takes_a_multiqueue_net_device_and_uses_one_pair(uml):
+    # virtio_uml sets up every ring the driver asks for (2 pairs and the control queue)
+    # and UML's virtio_net sends MQ_VQ_PAIRS_SET with min(pairs, CPUs): UML has one CPU.
+    from lguest.vhost_user import served
+    name = f"lgm{os.getpid() % 10000}"
+    net = served.net_tap(f"tap:{name}:10.17.0.1/24,queues=2")
+    try:
+        with Guest(kit=uml, net=net, ip="10.17.0.2/24", mem=128, timeout=60) as g:
+            r = g.run("ping -c 3 -w 20 10.17.0.1")
+            live = [q is not None for q in net.device.queues]
+        assert r.returncode == 0 and replies(r.stdout, "10.17.0.1") == 3, r
+        assert live == [True] * 5                          # rx0 tx0 rx1 tx1 ctrl
+        assert net.device.stats["ctrl"] == 1 and net.device.stats["pairs_set"] == 1
+        assert net.device.stats["rx"] >= 3 and net.device.stats["tx"] >= 3
+    finally:
+        net.close()

@@ -93,3 +93,18 @@ def test_bad_block_specs_everywhere(bad, message):
     for parse in (parse_block, cmdline.block_spec, servers.parse_block_spec, served.block):
         with pytest.raises(LauncherError, match=message):
             parse(bad)
+
+
+@pytest.mark.parametrize("text, queues", [("tap:t0", 1), ("tap:t0:10.0.0.1/24,queues=4", 4),
+                                          ("tap:t0,queues=16", 16), ("tap:t0:10.0.0.1,queues=1", 1)])
+def test_net_queue_pairs(text, queues):
+    assert served.parse_tap(text).queues == queues
+
+
+@pytest.mark.parametrize("bad, message", [("tap:t0,queues=0", "1..16"), ("tap:t0,queues=17", "1..16"),
+                                          ("tap:t0,queues=", "1..16"), ("tap:t0,queues=2x", "1..16"),
+                                          ("tap:t0,rings=2", "unknown net option"),
+                                          ("tap:t0,queues=2,queues=3", "1..16")])
+def test_bad_net_queue_pairs(bad, message):
+    with pytest.raises(LauncherError, match=message):
+        served.parse_tap(bad)
