@@ -47,7 +47,7 @@ def test_two_guests_ping_each_other_through_our_back_end(uml):
                     reason="a tap needs /dev/net/tun and root (CAP_NET_ADMIN)")
 def test_guest_reaches_the_host_over_a_tap(uml):
     name = f"lgt{os.getpid() % 10000}"
-    with Guest(kit=uml, net=f"tap:{name}:10.12.0.1", ip="10.12.0.2/24", timeout=40) as g:
+    with Guest(kit=uml, net=f"tap:{name}:10.12.0.1/24", ip="10.12.0.2/24", timeout=40) as g:
         r = g.run("ping -c 2 -w 10 10.12.0.1")
     assert r.returncode == 0, r
     assert replies(r.stdout, "10.12.0.1") == 2
