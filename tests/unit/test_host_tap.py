@@ -50,7 +50,9 @@ def find_frame(sock, marker, timeout=5.0):
 
 @pytest.fixture
 def netdev():
-    host = build_device(DeviceSpec("net", ip="10.213.7.1", mac=GUEST_MAC))
+    # /24: a classful 10.x tap would route all of 10.0.0.0/8 and could take the replies
+    # of other 10.x taps on this host (other tests' guests).
+    host = build_device(DeviceSpec("net", ip="10.213.7.1", prefix=24, mac=GUEST_MAC))
     guest = Guest(host.device, runners=[host.runner])
     tap = host.resources[0]
     yield host, guest, tap
@@ -71,7 +73,19 @@ def test_tap_is_configured_up_with_the_address(netdev):
         ifreq = struct.pack("16s24x", tap.name.encode())
         addr = fcntl.ioctl(s.fileno(), 0x8915, ifreq)        # SIOCGIFADDR
     assert socket.inet_ntoa(addr[20:24]) == "10.213.7.1"
-    assert netmask(tap.name) == "255.0.0.0"          # no prefix: classful, as the seed
+    assert netmask(tap.name) == "255.255.255.0"
+
+
+@needs_tap
+def test_without_a_prefix_the_address_is_classful_as_the_seeds():
+    # 100.x: a class A address outside 10/8, so this /8 overlaps no other test's tap.
+    host = build_device(DeviceSpec("net", ip="100.213.7.1"))
+    try:
+        tap = host.resources[0]
+        assert netmask(tap.name) == "255.0.0.0"
+        assert routes_of(tap.name) == [("100.0.0.0", "255.0.0.0")]
+    finally:
+        host.close()
 
 
 def netmask(ifname):
