@@ -84,6 +84,9 @@ class NetDevice(VirtioDevice):
         # not use has its tap queue detached, or frames would wait there for ever.
         # One pair keeps the seed's layout (no control queue, no MQ), over PCI too.
         self.ctrl_index = None
+        # Set by a threaded runner: wake_queue(qi) makes that queue's thread look again.
+        # A pair turned on may already hold rx buffers, and the driver need not kick.
+        self.wake_queue = None
         self.active_pairs = 1
         self._ctrl_was_live = False
         self._attached = [True] * self.queue_pairs
@@ -141,8 +144,11 @@ class NetDevice(VirtioDevice):
         # Pair 0 is always in use (5.1.6.5.5), and its tap queue always attached.
         for pair in range(1, self.queue_pairs):
             want = self.pair_in_use(pair)
-            if want != self._attached[pair] and hasattr(self.taps[pair], "set_attached"):
-                self.taps[pair].set_attached(want)
+            if want != self._attached[pair]:
+                if hasattr(self.taps[pair], "set_attached"):
+                    self.taps[pair].set_attached(want)
+                if want and self.wake_queue is not None:
+                    self.wake_queue(2 * pair + RX)
             self._attached[pair] = want
 
     def control(self):

@@ -65,8 +65,11 @@ def test_one_pair_until_the_driver_asks_then_those_pairs():
     rings[2].add([], [2048])
     taps[1].incoming = [vnet() + b"x" * 60]
     assert not dev.wants_host_input(2)
+    woken = []
+    dev.wake_queue = woken.append
     assert pairs_set(rings[6], dev, 2) == net.CTRL_OK
     assert [t.attached for t in taps] == [True, True, False]
+    assert woken == [2]               # rx1's thread looks again: its buffers came unkicked
     assert dev.wants_host_input(2) and not dev.wants_host_input(4)
     assert dev.process(2) and rings[2].used_entries()[0][1] == 12 + 60
     assert pairs_set(rings[6], dev, 1) == net.CTRL_OK
