@@ -111,3 +111,18 @@ def test_two_pairs_over_a_multi_queue_tap(mq_session):
     send_flows(tap_name, b"one")
     assert gather([rx0, rx1], b"one", FLOWS) == [FLOWS, 0]
     assert not s.backend.errors
+
+
+@needs_tap
+def test_the_cli_builds_queue_pairs_on_one_tap():
+    from lguest.vhost_user import cli
+    name = f"lgmc{os.getpid() % 10000}"
+    (built,) = cli.build(cli.parse_args(["--socket", "/s", f"--net=tap:{name}:10.216.0.1/24,queues=3"]))
+    try:
+        assert built.device.queue_pairs == 3 and len(built.device.queue_names) == 7
+        assert {t.name for t in built.device.taps} == {name}
+        assert len({t.fd for t in built.device.taps}) == 3
+        assert open(f"/sys/class/net/{name}/tun_flags").read().strip() == hex(0x5102)  # TAP|MULTI_QUEUE|NO_PI|VNET_HDR
+    finally:
+        built.close()
+    assert not os.path.exists(f"/sys/class/net/{name}")
