@@ -98,8 +98,8 @@ class NetDevice(VirtioDevice):
             struct.pack_into("<H", self.config, CONFIG_MAX_PAIRS, self.queue_pairs)
         # rx_waits: how often a frame was waiting in the tap while the guest had no rx
         # buffer for it. Such a frame is not dropped: it stays in the tap's queue (the
-        # kernel's, 500 frames; past that the tap drops and counts tx_dropped) until
-        # buffers come (scripts/net-boot-loss reads both counts).
+        # kernel's, tx_queue_len frames, 1000 here; past that the tap drops and counts
+        # tx_dropped) until buffers come (scripts/net-boot-loss reads both counts).
         self.stats = {"rx": 0, "tx": 0, "tx_errors": 0, "rx_errors": 0, "rx_waits": 0,
                       "ctrl": 0, "pairs_set": None}
 
