@@ -8,6 +8,7 @@
 # 12 bytes (TUNSETVNETHDRSZ): the guest's frames then go through untouched.
 """
 
+import errno
 import fcntl
 import os
 import select
@@ -67,10 +68,18 @@ class Tap:
         return not ready
 
     def set_attached(self, on):
-        """One queue of a multi-queue tap: take the host's frames (on) or not (TUNSETQUEUE)."""
+        """One queue of a multi-queue tap: take the host's frames (on) or not (TUNSETQUEUE).
+
+        The kernel answers EINVAL when the queue already is so. That is no error here: a
+        session served in a forked child (L:742) leaves the queues as its guest last
+        wanted, and the next child starts from the parent's idea of them."""
         flag = IFF_ATTACH_QUEUE if on else IFF_DETACH_QUEUE
-        _ioctl(self.fd, TUNSETQUEUE, ifreq("", struct.pack("H", flag)),
-               f"{'attaching' if on else 'detaching'} a queue of {self.name}")
+        try:
+            fcntl.ioctl(self.fd, TUNSETQUEUE, ifreq("", struct.pack("H", flag)))
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise LauncherError(f"{'attaching' if on else 'detaching'} a queue of "
+                                    f"{self.name}: {e.strerror}") from None
 
     def close(self):
         if self.fd is not None:

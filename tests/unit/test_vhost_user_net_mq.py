@@ -126,3 +126,25 @@ def test_the_cli_builds_queue_pairs_on_one_tap():
     finally:
         built.close()
     assert not os.path.exists(f"/sys/class/net/{name}")
+
+
+@needs_tap
+def test_a_tap_queue_set_as_it_already_is_is_no_error():
+    # A session in a forked child leaves the queues as its guest wanted; the next child
+    # starts from the parent's view, so it may ask for what already is.
+    from lguest.host.tap import configure_device, open_tap_queues
+    taps = open_tap_queues(f"lgmd{os.getpid() % 10000}", 2)
+    try:
+        configure_device(taps[0].name, "10.217.0.1", 24)
+        for on in (False, False, True, True):
+            taps[1].set_attached(on)
+        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as sock:
+            sock.bind((taps[0].name, 0))
+            taps[1].set_attached(False)
+            for sport in range(40000, 40000 + 16):
+                sock.send(udp_frame(sport, b"q"))
+            time.sleep(0.2)
+            assert taps[1].will_block() and not taps[0].will_block()   # all on queue 0
+    finally:
+        for t in taps:
+            t.close()
