@@ -148,3 +148,40 @@ def test_a_tap_queue_set_as_it_already_is_is_no_error():
     finally:
         for t in taps:
             t.close()
+
+
+@needs_tap
+def test_forked_sessions_one_after_another_each_get_their_pairs(tmp_path):
+    """`lguest vhost-user` serves each front-end in a forked child (L:742): the first
+    guest leaves pair 1's tap queue detached, the next child still thinks it attached."""
+    import subprocess
+    import sys
+    from lguest.uml.servers import wait_for_socket
+    from test_vhost_user_isolation import ROOT, connect
+    name = f"lgmf{os.getpid() % 10000}"
+    sock = str(tmp_path / "net.sock")
+    log = open(tmp_path / "backend.log", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "lguest", "vhost-user", f"--socket={sock}",
+                             f"--net=tap:{name}:10.218.0.1/24,queues=2", "-v"], cwd=ROOT,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        wait_for_socket(sock, proc, what="lguest vhost-user")
+        for pairs in (1, 2):
+            with connect(sock, regions=((0, 8 << 20),)) as fe:
+                fe.negotiate()
+                fe.set_mem_table()
+                rx0, tx0, rx1, tx1, ctrl = (fe.setup_queue(i, 64) for i in range(5))
+                post_rx(rx0)
+                post_rx(rx1)
+                assert pairs_set(fe, ctrl, pairs) == net.CTRL_OK
+                send_flows(name, b"s%d" % pairs)
+                counts = gather([rx0, rx1], b"s%d" % pairs, FLOWS)
+                assert sum(counts) == FLOWS and (min(counts) > 0 if pairs == 2 else counts[1] == 0), counts
+            time.sleep(0.3)           # the session's child ends
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.seek(0)
+        text = log.read()
+        log.close()
+    assert "error" not in text.lower() and "Traceback" not in text, text
