@@ -83,6 +83,9 @@ class NetDevice(VirtioDevice):
         # spreads the host's flows over the queues attached, so a pair the driver does
         # not use has its tap queue detached, or frames would wait there for ever.
         # One pair keeps the seed's layout (no control queue, no MQ), over PCI too.
+        # Seen here: UML's virtio_uml sets up every ring and sends MQ_VQ_PAIRS_SET 1 (it
+        # has one CPU); QEMU 7.2 -smp 2 (-netdev vhost-user,queues=2, mq=on) keeps the
+        # control queue for itself, and its guest's frames used both pairs.
         self.ctrl_index = None
         # Set by a threaded runner: wake_queue(qi) makes that queue's thread look again.
         # A pair turned on may already hold rx buffers, and the driver need not kick.
