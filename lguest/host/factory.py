@@ -98,7 +98,9 @@ def _net(spec, resources):
             parse_mac(spec.mac)            # a bad MAC fails before the tap is set up
         link, where = resources.net_link(spec, opened)
         device = NetDevice(link, mac=spec.mac, **_named(spec))
-    return BuiltDevice(device, opened, {RX: link.fd}, where)
+    # Each pair's rx queue wakes on its own tap queue (L:385).
+    links = link if isinstance(link, list) else [link]
+    return BuiltDevice(device, opened, {2 * i + RX: q.fd for i, q in enumerate(links)}, where)
 
 
 def _fs(spec, resources):
@@ -167,20 +169,28 @@ class HostResources:
 
     def net_link(self, spec, opened):
         """A tap, configured as the spec says; appended to `opened` as soon as it is open.
+        With spec.queues > 1, a list: that many queues of one multi-queue tap.
 
         A new tap (spec.tap None) is always brought up, with the spec's address or
         none, or joined to a bridge; a named one (which may be the user's own, set up
         beforehand) is configured only when an address is given."""
-        from .tap import add_to_bridge, configure_device, open_tap
-        tap = open_tap(spec.tap) if spec.tap else open_tap()
-        opened.append(tap)
+        from .tap import add_to_bridge, configure_device, open_tap, open_tap_queues
+        if spec.queues > 1:            # one tap queue per queue pair (L:385)
+            link = open_tap_queues(spec.tap or "tap%d", spec.queues)
+            opened.extend(link)
+            tap = link[0]
+        else:
+            link = tap = open_tap(spec.tap) if spec.tap else open_tap()
+            opened.append(tap)
         if spec.bridge is not None:
             add_to_bridge(tap.name, spec.bridge)
             configure_device(tap.name, None)
-            return tap, f"tun {tap.name}: attached to bridge: {spec.bridge}"
+            return link, f"tun {tap.name}: attached to bridge: {spec.bridge}"
         if spec.ip or not spec.tap:
-            configure_device(tap.name, spec.ip)
-        return tap, f"tun {tap.name}: {spec.ip or 'no address'}"
+            configure_device(tap.name, spec.ip, spec.prefix)
+        address = spec.ip and (spec.ip + (f"/{spec.prefix}" if spec.prefix is not None else ""))
+        pairs = f", {spec.queues} queue pairs" if spec.queues > 1 else ""
+        return link, f"tun {tap.name}: {address or 'no address'}{pairs}"
 
 
 def simulated_disk(sectors):

@@ -111,7 +111,7 @@ class Guest:
     block: disk image paths ("disk.img" or "disk.img,ro", or (path, read_only)), which
     the guest sees as /dev/vda, /dev/vdb, ...; console: send the commands' stdout through
     our virtio console (/dev/hvc0) instead of UML's tty; net: a back-end network spec
-    (tap:NAME[:HOSTIP]) or a served device; ip: an address/prefix for eth0; mem: MiB;
+    (tap:NAME[:HOSTIP[/PREFIX]]) or a served device; ip: an address/prefix for eth0; mem: MiB;
     timeout: the default for run() (seconds, None for no limit); backend: "lguest"
     (ours) or "qsd" (qemu-storage-daemon, block only); kit: a prepared lguest.uml Kit.
     """

@@ -14,7 +14,7 @@ import select
 import socket
 from dataclasses import dataclass, field
 
-from ..config import DeviceSpec, parse_block
+from ..config import DeviceSpec, parse_address, parse_block, parse_net_queues
 from ..errors import LauncherError
 from ..host.factory import HostResources, make_device
 from ..host.runner import ThreadedRunner
@@ -86,14 +86,19 @@ def rng():
 
 
 def parse_tap(text, mac=None):
-    """'tap:NAME' or 'tap:NAME:IPADDR' (the host end's address) -> a net DeviceSpec."""
-    parts = text.split(":")
+    """'tap:NAME' or 'tap:NAME:IPADDR[/PREFIX]' (the host end's address, L:952), then
+    optionally ',queues=N' (queue pairs, a tap queue each, L:385) -> a net DeviceSpec."""
+    where, comma, options = text.partition(",")
+    parts = where.split(":")
     if len(parts) not in (2, 3) or parts[0] != "tap" or not parts[1]:
-        raise LauncherError(f"--net={text}: expected tap:NAME or tap:NAME:IPADDR")
+        raise LauncherError(f"--net={text}: expected tap:NAME or tap:NAME:IPADDR[/PREFIX]"
+                            "[,queues=N]")
+    spec = DeviceSpec("net", tap=parts[1], mac=mac)
     if len(parts) == 3:
-        from ..config import parse_ip
-        parse_ip(parts[2])
-    return DeviceSpec("net", tap=parts[1], ip=parts[2] if len(parts) == 3 else None, mac=mac)
+        spec.ip, spec.prefix = parse_address(parts[2])
+    if comma:
+        spec.queues = parse_net_queues(options)
+    return spec
 
 
 def net_tap(text, mac=None):

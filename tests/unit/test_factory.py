@@ -66,7 +66,7 @@ def test_a_tap_that_fails_to_configure_is_closed(monkeypatch, make):
         opened.append(FakeTap())
         return opened[-1]
 
-    def configure_device(name, ip=None):
+    def configure_device(name, ip=None, prefix=None):
         raise LauncherError(f"Setting {name} interface address: Operation not permitted")
 
     monkeypatch.setattr(tap_module, "open_tap", open_tap)
@@ -86,7 +86,7 @@ def test_a_named_tap_without_an_address_is_left_as_it_is(monkeypatch):
     finally:
         dev.device.close()          # the fake tap has no fd to close
     new = build_device(DeviceSpec("net"))      # a new tap is always brought up
-    assert configured == [("tap%d", None)] and new.description == "tun tap%d: no address"
+    assert configured == [("tap%d", None, None)] and new.description == "tun tap%d: no address"
 
 
 def test_a_bad_mac_fails_before_a_tap_is_opened(monkeypatch):
