@@ -18,6 +18,8 @@
 # powers the guest off and stops the back-ends.
 """
 
+from __future__ import annotations
+
 import contextlib
 import os
 import shlex
@@ -25,10 +27,15 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 from .. import virtio
 from ..errors import LauncherError
 from . import agent, kit as kit_module, servers, shares as shares_module
+
+if TYPE_CHECKING:
+    from ..vhost_user.served import Served
+    from .kit import Kit
 
 
 # Room for "/<boot>/console.sock" within the 108 bytes of a unix socket address.
@@ -38,7 +45,7 @@ MAX_WORKDIR_PATH = 80
 class GuestFailed(LauncherError):
     """The guest died before reporting the command's exit status (e.g. a kernel panic)."""
 
-    def __init__(self, message, log=""):
+    def __init__(self, message: str, log: str = ""):
         super().__init__(message)
         self.log = log
 
@@ -106,7 +113,7 @@ class Guest:
     block: disk image paths ("disk.img" or "disk.img,ro", or (path, read_only)), which
     the guest sees as /dev/vda, /dev/vdb, ...; console: send the commands' stdout through
     our virtio console (/dev/hvc0) instead of UML's tty; net: a back-end network spec
-    (tap:NAME[:HOSTIP]) or a served device; ip: an address/prefix for eth0; mem: MiB;
+    (tap:NAME[:HOSTIP[/PREFIX]]) or a served device; ip: an address/prefix for eth0; mem: MiB;
     timeout: the default for run() (seconds, None for no limit); backend: "lguest"
     (ours) or "qsd" (qemu-storage-daemon, block only); kit: a prepared lguest.uml Kit.
     root: "host" (the host's root, read-only, with cwd writable, commands run there as
@@ -116,9 +123,11 @@ class Guest:
     terminal: our stdout is a terminal, so the caller's TERM is passed (else TERM=dumb).
     """
 
-    def __init__(self, *, block=(), console=False, net=None, ip=None, mem=64, timeout=60.0,
-                 backend="lguest", kit=None, root="host", share=(), cwd=None, user=None,
-                 terminal=False):
+    def __init__(self, *, block: Iterable[str | tuple[str, bool]] = (), console: bool = False,
+                 net: str | Served | None = None, ip: str | None = None, mem: int = 64,
+                 timeout: float | None = 60.0, backend: str = "lguest", kit: Kit | None = None,
+                 root: str = "host", share: Iterable = (), cwd: str | None = None,
+                 user: tuple[int, int] | None = None, terminal: bool = False):
         self.block = [b if isinstance(b, str) else f"{b[0]},ro" if b[1] else b[0]
                       for b in block]
         self.console = console
@@ -147,7 +156,7 @@ class Guest:
     def __exit__(self, *exc):
         self.close()
 
-    def close(self):
+    def close(self) -> None:
         """Power the guest off (it syncs first), stop the back-ends, remove the temp files."""
         self._discard()
         if self.workdir:
@@ -210,7 +219,7 @@ class Guest:
                               + (errors.decode(errors="replace").strip() or
                                  f"status {outcome.status}"), outcome.log)
 
-    def boot(self):
+    def boot(self) -> Guest:
         """Boot now (run() would on first use); a no-op if the guest is up."""
         if self.workdir is None:
             self.__enter__()
@@ -218,7 +227,9 @@ class Guest:
             self.run("true")
         return self
 
-    def run(self, command, *, timeout=None, on_stdout=None, on_stderr=None, text=True):
+    def run(self, command: str | Sequence[str], *, timeout: float | None = None,
+            on_stdout: Callable[[bytes], None] | None = None,
+            on_stderr: Callable[[bytes], None] | None = None, text: bool = True) -> Result:
         """Run command (a shell string, or an argv list) in the guest; return a Result.
 
         The first run() boots the guest; later ones reuse it, unless a command killed it.

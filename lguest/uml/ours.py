@@ -43,7 +43,7 @@ def console_to(callback):
 class OurServers:
     """Start one vhost-user server per device; `.devices` lists (socket, virtio id).
 
-    `net` is the back-end's own spec (tap:NAME[:HOSTIP]), or an already built Served
+    `net` is the back-end's own spec (tap:NAME[:HOSTIP[/PREFIX]]), or an already built Served
     device (one end of a guest-to-guest pair, L:760)."""
 
     def __init__(self, blocks, workdir, *, console=False, console_sink=None, net=None,
@@ -92,9 +92,5 @@ class OurServers:
         return self
 
     def __exit__(self, *exc):
-        for server in self._servers:
-            server.close()
-            server.backend.disconnect()
-        for served in self._served:
-            served.close()
+        served_devices.stop_serving(self._servers, self._served)
         self._servers, self._served = [], []

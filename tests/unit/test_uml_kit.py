@@ -126,6 +126,17 @@ def test_cpio_entries_are_aligned_and_typed():
     assert b"TRAILER!!!\0" in data[-16:]
 
 
+def test_busybox_image_has_what_a_small_init_needs(tmp_path):
+    busybox = tmp_path / "busybox"
+    busybox.write_bytes(b"\x7fELF not really")
+    cpio = archive.busybox_image(str(busybox), archive.BUSYBOX_DIRS + ("mnt",))
+    cpio.file("init", b"#!/bin/sh\n", perm=0o755)
+    entries = {n: (mode, body) for n, mode, body, _ in archive.read_cpio(cpio.finish())}
+    assert entries["bin/busybox"] == (stat.S_IFREG | 0o755, b"\x7fELF not really")
+    assert entries["bin/sh"][1] == b"busybox" and stat.S_ISCHR(entries["dev/console"][0])
+    assert all(stat.S_ISDIR(entries[d][0]) for d in ("proc", "sys", "tmp", "mnt", "sbin"))
+
+
 @pytest.mark.parametrize("bad", ["../up", "a/../b", ""])
 def test_cpio_refuses_names_that_escape(bad):
     with pytest.raises(LauncherError):
