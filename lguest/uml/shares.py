@@ -237,6 +237,8 @@ def plan(shares=(), root="host", cwd=None, user=None, environ=None, terminal=Fal
         made.mount_points_to_make()             # a guest path no share can hold: say so now
         return made
     cwd = os.path.realpath(cwd or os.getcwd())
+    if not os.path.isdir(cwd):
+        raise LauncherError(f"the working directory {cwd} is not a directory on this host")
     implicit = []
     # The current directory is writable unless a --share already says what it is; "/"
     # or the guest's own directories are not shared again.

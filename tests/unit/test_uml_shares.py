@@ -188,3 +188,8 @@ def test_init_skips_the_modules_of_devices_this_boot_does_not_have():
     assert "lguest_skip=virtio_blk,fuse" in argv
     assert not [a for a in process.kernel_arguments(k, None, "/w", (1, 2, 3, 4), control=5)
                 if a.startswith("lguest_skip=")]
+
+
+def test_a_working_directory_that_is_not_there_is_refused(tmp_path):
+    with pytest.raises(LauncherError, match="is not a directory on this host"):
+        plan(root="host", cwd=str(tmp_path / "gone"))
