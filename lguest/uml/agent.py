@@ -22,6 +22,7 @@ import time
 from ..errors import LauncherError
 from .init_script import END_MARKER, READY_MARKER, STATUS_MARKER
 from .process import LOG_TAIL, Outcome, kernel_arguments, kill_group, spawn
+from .stdin import TICK, StdinPump, command_mode
 
 # How long a guest may take to sync and power off once we close its control line.
 STOP_GRACE = 5.0
@@ -76,6 +77,16 @@ def parse_agent_status(text, token):
     return None
 
 
+def command_line(token, mode, command):
+    """The control line's text for one command (L:821), checked for length."""
+    line = f"{token} {mode} {encode_command(command)}\n".encode()
+    if len(line) > MAX_COMMAND:
+        raise LauncherError(f"command too long for the guest agent ({len(command)} bytes; "
+                            f"keep it under {MAX_COMMAND // 1024} KiB, or put a script "
+                            "on a block device)")
+    return line
+
+
 class BootedGuest:
     """A running UML whose /init is the agent: start(), run() any number of times, stop()."""
 
@@ -104,19 +115,21 @@ class BootedGuest:
 
     def start(self, **kernel_options):
         """Spawn UML (the device back-ends must already be listening)."""
-        pipes = [os.pipe() for _ in range(5)]
+        pipes = [os.pipe() for _ in range(7)]
         self._fds += [fd for pair in pipes for fd in pair]
-        (log_r, log_w), (out_r, out_w), (err_r, err_w), (st_r, st_w), (ctl_r, ctl_w) = pipes
-        guest_ends = (log_w, out_w, err_w, st_w, ctl_r)
+        (log_r, log_w), (out_r, out_w), (err_r, err_w), (st_r, st_w), (ctl_r, ctl_w), \
+            (in_r, in_w), (tty_r, tty_w) = pipes
+        guest_ends = (log_w, out_w, err_w, st_w, ctl_r, in_r, tty_w)
         argv = kernel_arguments(self.kit, None, self.workdir, guest_ends[:4],
-                                control=ctl_r, **kernel_options)
+                                control=ctl_r, stdin_line=(in_r, tty_w), **kernel_options)
         self.proc = spawn(argv, self.workdir, guest_ends)
         for fd in guest_ends:
             self._close_fd(fd)
         self._control = ctl_w
+        self._stdin_line = in_w
         stdout = self._console[0] if self._console else out_r
         for fd, name in ((log_r, "log"), (stdout, "stdout"), (err_r, "stderr"),
-                         (st_r, "status")):
+                         (st_r, "status"), (tty_r, "tty")):
             self._sel.register(fd, selectors.EVENT_READ, name)
         if self._console:
             self._sel.register(out_r, selectors.EVENT_READ, "log")   # tty1 is unused then
@@ -133,12 +146,18 @@ class BootedGuest:
             self._fds.remove(fd)
             os.close(fd)
 
-    def _read(self, deadline, handle):
+    def _read(self, deadline, handle, pump=None):
         """One round of the read loop; False once the deadline has passed."""
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
             return False
-        for key, _ in self._sel.select(left):
+        if pump is not None:
+            pump.tick()
+            left = TICK if left is None else min(left, TICK)
+        for key, events in self._sel.select(left):
+            if callable(key.data):
+                key.data(events)        # the stdin pump's side of the loop (L:823)
+                continue
             data = os.read(key.fd, 65536)
             if not data:
                 self._sel.unregister(key.fd)
@@ -164,28 +183,31 @@ class BootedGuest:
                 return False
         return self._ready
 
-    def run(self, command, *, timeout=None, on_stdout=None, on_stderr=None):
-        """Run one shell command line; an Outcome whose status is None if UML died."""
+    def run(self, command, *, timeout=None, on_stdout=None, on_stderr=None, stdin=None,
+            tty_size=None):
+        """Run one shell command line; an Outcome whose status is None if UML died.
+
+        stdin: None (/dev/null), bytes, an fd or a file, forwarded with its EOF (L:823);
+        with tty_size=(rows, cols) the command runs on a guest terminal instead, fed
+        from stdin as typed, and its output (stdout and stderr) comes to on_stdout."""
         start = time.monotonic()
         token = secrets.token_hex(8)
         marker = f"{END_MARKER}{token}>>".encode()
         outcome = Outcome(None, False, None, "", 0.0)
         streams = {"stdout": FramedStream(marker, on_stdout or (lambda b: None)),
                    "stderr": FramedStream(marker, on_stderr or (lambda b: None))}
-        line = f"{token} {encode_command(command)}\n".encode()
-        if len(line) > MAX_COMMAND:
-            raise LauncherError(f"command too long for the guest agent ({len(command)} bytes; "
-                                f"keep it under {MAX_COMMAND // 1024} KiB, or put a script "
-                                "on a block device)")
+        if tty_size is not None:
+            streams["tty"] = FramedStream(marker, on_stdout or (lambda b: None))
+        line = command_line(token, command_mode(stdin, tty_size), command)
 
         def handle(name, data):
             if name == "status":
                 outcome.status_text += data
-            else:
+            elif name in streams:
                 streams[name].feed(data)
 
         deadline = None if timeout is None else start + timeout
-        status = None
+        status = pump = None
         if not self._wait_until_ready(deadline, handle):
             outcome.timed_out = self.alive
         else:
@@ -193,15 +215,24 @@ class BootedGuest:
                 os.write(self._control, line)
             except OSError:
                 pass                    # UML is gone: the loop below sees its lines close
-        while self.alive and not outcome.timed_out:
-            status = parse_agent_status(outcome.status_text, token)
-            if status is not None and all(s.done for s in streams.values()):
-                break
-            if not self._read(deadline, handle):
-                outcome.timed_out = True
-                break
+            if stdin is not None:
+                pump = StdinPump(stdin, self._stdin_line, token, framed=tty_size is None)
+                pump.start(self._sel)
+        try:
+            while self.alive and not outcome.timed_out:
+                status = parse_agent_status(outcome.status_text, token)
+                if status is not None and all(s.done for s in streams.values()):
+                    break
+                if not self._read(deadline, handle, pump):
+                    outcome.timed_out = True
+                    break
+        finally:
+            if pump is not None:
+                pump.stop()
         outcome.status = status if all(s.done for s in streams.values()) else None
         outcome.stdout, outcome.stderr = streams["stdout"].data, streams["stderr"].data
+        if tty_size is not None:
+            outcome.stdout = streams["tty"].data
         if outcome.status is None:
             # Dead: read what the kernel said last (the panic line). Hung: kill it now.
             self.stop(grace=0 if outcome.timed_out else 1.0)

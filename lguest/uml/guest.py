@@ -188,16 +188,20 @@ class Guest:
             self.run("true")
         return self
 
-    def run(self, command, *, timeout=None, on_stdout=None, on_stderr=None, text=True):
+    def run(self, command, *, timeout=None, on_stdout=None, on_stderr=None, text=True,
+            stdin=None, tty_size=None):
         """Run command (a shell string, or an argv list) in the guest; return a Result.
 
         The first run() boots the guest; later ones reuse it, unless a command killed it.
         on_stdout / on_stderr receive the output's bytes as they come; timeout (seconds)
-        counts from the start of this run(), boot included."""
+        counts from the start of this run(), boot included. stdin: bytes, an fd or a
+        file (read as the command reads it, EOF included), None for /dev/null;
+        tty_size=(rows, cols): run it on a guest terminal fed from stdin (L:823)."""
         if self.workdir is None:
             with self:
                 return self.run(command, timeout=timeout, on_stdout=on_stdout,
-                                on_stderr=on_stderr, text=text)
+                                on_stderr=on_stderr, text=text, stdin=stdin,
+                                tty_size=tty_size)
         if not isinstance(command, str):
             command = shlex.join(command)
         timeout = self.timeout if timeout is None else timeout
@@ -207,7 +211,8 @@ class Guest:
                 self._booted = self._boot()
             left = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
             outcome = self._booted.uml.run(command, timeout=left, on_stdout=on_stdout,
-                                           on_stderr=on_stderr)
+                                           on_stderr=on_stderr, stdin=stdin,
+                                           tty_size=tty_size)
         except LauncherError:
             raise                           # e.g. a command too long: the guest is fine
         except BaseException:

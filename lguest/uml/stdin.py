@@ -1,0 +1,256 @@
+"""A command's stdin, carried from us to the guest over one UML console line (tty4).
+
+#L:823 UML's console lines pass bytes but not an end of file: its line driver reads the
+# host fd one byte at a time and, at EOF, hangs the tty up, which throws away what the
+# guest had not read yet. So tty4 stays open for the guest's whole life and a command's
+# stdin is framed on it. For each command that has a stdin the host first sends a line
+# with the command's token (the guest skips everything before it: what an earlier
+# command left unread), then frames `LEN\n` + LEN bytes, and `0\n` for the end of file.
+# In the guest a background shell function reads the frames (the shell's `read` takes
+# one byte at a time, so it never reads past a header; `dd iflag=fullblock,count_bytes`
+# takes exactly LEN bytes) into a FIFO that is the command's stdin, so the command sees
+# EOF, and a command that never reads is not held up: the agent kills the reader when the
+# command is over. We coalesce what came while the line was busy into one frame (a
+# process per frame in the guest), up to MAX_FRAME.
+#
+#L:824 UML's tty input can stall: it watches the host fd edge-triggered (epoll with
+# EPOLLET), and when the guest's tty buffer is full it stops reading and, once there is
+# room again, waits for the next edge, a new write to the pipe. If our pipe is full by
+# then, or we have nothing more to write, there never is one: UML and we each wait for
+# the other (seen here under a slow reader, e.g. 8 MiB into md5sum: the pipe stayed
+# full for good). So we keep the pipe under IN_FLIGHT, never full, and when UML leaves
+# it untouched for STALL seconds we write one byte more: the next byte of a frame, or
+# an empty line between frames, which the guest skips.
+#
+# With a terminal (mode "t"), tty4 *is* the command's terminal: after the token line the
+# guest sets it cooked (`stty sane rows R cols C`) and runs the command on it as its
+# controlling tty (`setsid -c`), and we pass our keystrokes through as they are, our
+# own terminal in raw mode (restored however we leave), so ^C, ^D and line editing are
+# the guest's. What the command writes comes back on tty4's output, ended by the
+# command's end marker (L:822).
+"""
+
+import array
+import contextlib
+import fcntl
+import os
+import selectors
+import termios
+import time
+import tty
+
+# How much of our stdin may wait in the pipe to UML, unread; how often the agent's loop
+# calls tick(), and how long UML may leave the pipe untouched before we nudge it.
+IN_FLIGHT = 32 * 1024
+TICK = 0.02
+STALL = 0.05
+# The most one frame carries (the guest's dd reads it in 64 KiB blocks).
+MAX_FRAME = 1 << 20
+# How much we read from the source before waiting for the line to take it.
+MAX_BUFFERED = 2 * MAX_FRAME
+
+# The guest's half (L:823), as shell functions for /init. fd 5 is tty4, held open.
+GUEST_FUNCTIONS = r"""
+lguest_stdin_skip() {
+  while IFS= read -r l <&5; do [ "$l" = "$1" ] && return 0; done
+  return 1
+}
+lguest_stdin_frames() {
+  lguest_stdin_skip "$1" || return
+  while IFS= read -r n <&5; do
+    [ -n "$n" ] || continue                 # a nudge between frames (L:824)
+    [ "$n" -gt 0 ] 2>/dev/null || return
+    dd bs=65536 count="$n" iflag=fullblock,count_bytes <&5 2>/dev/null || return
+  done
+}
+"""
+
+
+def command_mode(stdin, tty_size):
+    """The mode word of the agent's command line: '-' none, 'p' framed, 't:ROWS:COLS'."""
+    if tty_size is not None:
+        rows, cols = tty_size
+        return f"t:{int(rows)}:{int(cols)}"
+    return "-" if stdin is None else "p"
+
+
+def frame(data):
+    """One frame of stdin for the guest (an empty one is the end of file)."""
+    return b"%d\n" % len(data) + bytes(data)
+
+
+def source_fd(stdin):
+    """The fd to read a stdin source from, or None for bytes; a clear error otherwise."""
+    if isinstance(stdin, (bytes, bytearray, memoryview)):
+        return None
+    if isinstance(stdin, int):
+        return stdin
+    try:
+        return stdin.fileno()
+    except (AttributeError, OSError, ValueError):
+        raise TypeError("stdin must be bytes, a file descriptor or a file with a "
+                        f"fileno(), not {type(stdin).__name__}") from None
+
+
+class StdinPump:
+    """Copy a stdin source onto the guest's tty4, framed (or raw, for a terminal).
+
+    It lives in the agent's selector: `start(sel)` registers it, its callbacks run when
+    the source has data or the line has room, `stop()` unregisters it. It never blocks:
+    the line is non-blocking and the source is read only when select says so."""
+
+    def __init__(self, stdin, line_fd, token, *, framed=True):
+        self.line_fd = line_fd
+        self.framed = framed
+        self.src = source_fd(stdin)
+        self.pending = bytearray() if self.src is not None else bytearray(stdin)
+        self.eof = self.src is None          # nothing more will come from the source
+        self.eof_sent = False                # ... and the guest has been told so
+        self.out = bytearray(b"\n" + token.encode() + b"\n")
+        self.sel = None
+        self.pollable = True                 # select() can tell us when src has data
+        self._unread, self._since = 0, time.monotonic()
+        self._watch = {}
+
+    def start(self, sel):
+        self.sel = sel
+        os.set_blocking(self.line_fd, False)
+        self._update()
+
+    def stop(self):
+        for fd in list(self._watch):
+            self.sel.unregister(fd)
+        self._watch.clear()
+        self.sel = None
+
+    def _want(self, fd, callback, wanted):
+        if wanted and fd not in self._watch:
+            try:
+                self.sel.register(fd, selectors.EVENT_WRITE if fd == self.line_fd
+                                  else selectors.EVENT_READ, callback)
+            except PermissionError:
+                # epoll refuses what is always ready (a regular file, /dev/zero).
+                self.pollable = False
+                return
+            self._watch[fd] = True
+        elif not wanted and fd in self._watch:
+            self.sel.unregister(fd)
+            del self._watch[fd]
+
+    def _update(self):
+        if self.sel is None:
+            return
+        wants = lambda: not self.eof and len(self.pending) < MAX_BUFFERED   # noqa: E731
+        if self.src is not None and not self.pollable:
+            while wants():
+                self._read_source()
+        if not self.out:
+            self._fill()
+        self._want(self.line_fd, self._on_line,
+                   bool(self.out) and unread(self.line_fd) < IN_FLIGHT)
+        if self.src is not None and self.pollable:
+            self._want(self.src, self._on_source, wants())
+            if not self.pollable:
+                self._update()
+
+    def _fill(self):
+        """Move what we have read into the line's output: a frame, or the end of file."""
+        if not self.framed:
+            self.out += self.pending
+            self.pending.clear()
+        elif self.pending:
+            self.out += frame(self.pending[:MAX_FRAME])
+            del self.pending[:MAX_FRAME]
+        elif self.eof and not self.eof_sent:
+            self.out += frame(b"")
+            self.eof_sent = True
+
+    def _read_source(self):
+        try:
+            data = os.read(self.src, MAX_FRAME)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""              # a source that fails ends like one that is empty
+        if not data:
+            self.eof = True
+        self.pending += data
+
+    def _on_source(self, events):
+        self._read_source()
+        self._update()
+
+    def _on_line(self, events):
+        room = IN_FLIGHT - unread(self.line_fd)
+        if room <= 0:
+            self._want(self.line_fd, self._on_line, False)      # tick() watches it now
+            return
+        self._write(self.out[:min(room, 65536)])
+
+    def _write(self, data):
+        try:
+            done = os.write(self.line_fd, data)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.out.clear()        # UML is gone; the agent sees its lines close
+            self.pending.clear()
+            self.eof = self.eof_sent = True
+            return
+        del self.out[:min(done, len(self.out))]
+        self._update()
+
+    def tick(self):
+        """Called every TICK by the agent's loop: nudge UML if it stopped reading (L:824)."""
+        if self.sel is None:
+            return
+        left, now = unread(self.line_fd), time.monotonic()
+        if left != self._unread or not left:
+            self._unread, self._since = left, now
+        elif now - self._since >= STALL:
+            self._since = now
+            # The next byte of a frame, or an empty line where the guest expects a header.
+            self._write(self.out[:1] if self.out else b"\n" if self.framed else b"")
+        if left < IN_FLIGHT:
+            self._update()
+
+
+def unread(fd):
+    """Bytes written to the pipe fd and not yet read from it."""
+    count = array.array("i", [0])
+    fcntl.ioctl(fd, termios.FIONREAD, count)
+    return count[0]
+
+
+def window_size(fd):
+    """(rows, cols) of the terminal on fd; 24x80 if it does not say."""
+    try:
+        size = os.get_terminal_size(fd)
+        if size.lines > 0 and size.columns > 0:
+            return size.lines, size.columns
+    except OSError:
+        pass
+    return 24, 80
+
+
+@contextlib.contextmanager
+def raw_terminal(fd):
+    """Our terminal in raw mode for the length of the block, then exactly as it was."""
+    saved = termios.tcgetattr(fd)
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    try:
+        tty.setraw(fd, termios.TCSANOW)
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+
+
+def is_null_device(fd):
+    """True when fd is /dev/null (or closed): nothing to forward."""
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return True
+    null = os.stat(os.devnull)
+    return (st.st_dev, st.st_ino) == (null.st_dev, null.st_ino)
