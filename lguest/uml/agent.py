@@ -22,7 +22,7 @@ import time
 from ..errors import LauncherError
 from .init_script import END_MARKER, READY_MARKER, STATUS_MARKER
 from .process import LOG_TAIL, Outcome, kernel_arguments, kill_group, spawn
-from .stdin import TICK, StdinPump, command_mode
+from .stdin import StdinPump, command_mode
 
 # How long a guest may take to sync and power off once we close its control line.
 STOP_GRACE = 5.0
@@ -146,14 +146,11 @@ class BootedGuest:
             self._fds.remove(fd)
             os.close(fd)
 
-    def _read(self, deadline, handle, pump=None):
+    def _read(self, deadline, handle):
         """One round of the read loop; False once the deadline has passed."""
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
             return False
-        if pump is not None:
-            pump.tick()
-            left = TICK if left is None else min(left, TICK)
         for key, events in self._sel.select(left):
             if callable(key.data):
                 key.data(events)        # the stdin pump's side of the loop (L:823)
@@ -199,15 +196,18 @@ class BootedGuest:
         if tty_size is not None:
             streams["tty"] = FramedStream(marker, on_stdout or (lambda b: None))
         line = command_line(token, command_mode(stdin, tty_size), command)
+        pump = None
 
         def handle(name, data):
             if name == "status":
                 outcome.status_text += data
             elif name in streams:
                 streams[name].feed(data)
+            elif name == "tty" and pump is not None:
+                pump.guest_said(data)   # framed stdin: the guest's `go` (L:824)
 
         deadline = None if timeout is None else start + timeout
-        status = pump = None
+        status = None
         if not self._wait_until_ready(deadline, handle):
             outcome.timed_out = self.alive
         else:
@@ -223,7 +223,7 @@ class BootedGuest:
                 status = parse_agent_status(outcome.status_text, token)
                 if status is not None and all(s.done for s in streams.values()):
                     break
-                if not self._read(deadline, handle, pump):
+                if not self._read(deadline, handle):
                     outcome.timed_out = True
                     break
         finally:

@@ -13,14 +13,17 @@
 # command is over. We coalesce what came while the line was busy into one frame (a
 # process per frame in the guest), up to MAX_FRAME.
 #
-#L:824 UML's tty input can stall: it watches the host fd edge-triggered (epoll with
-# EPOLLET), and when the guest's tty buffer is full it stops reading and, once there is
-# room again, waits for the next edge, a new write to the pipe. If our pipe is full by
-# then, or we have nothing more to write, there never is one: UML and we each wait for
-# the other (seen here under a slow reader, e.g. 8 MiB into md5sum: the pipe stayed
-# full for good). So we keep the pipe under IN_FLIGHT, never full, and when UML leaves
-# it untouched for STALL seconds we write one byte more: the next byte of a frame, or
-# an empty line between frames, which the guest skips.
+#L:824 UML's tty input has a flaw we work around and one we cannot. Leftovers: what an
+# earlier command did not read may fill tty4's buffers (hundreds of KiB), and the shell's
+# byte-at-a-time `read` would take seconds over it, so the guest skips to the token
+# line with `awk` (which reads ahead; `sed` would wait for the line after, to know
+# whether it is the last), says `go` on tty4's output, and only then do we
+# send frames. The flaw: when the guest's tty buffer fills, UML's line driver throttles
+# by taking the host fd out of its epoll set (line_throttle -> deactivate_chan) and its
+# unthrottle only reads once, never putting the fd back; after that, input moves only
+# while throttle/unthrottle keep alternating. A reader slower than the line (8 MiB into
+# md5sum) can stop it for good: seen here, dd waiting for 7 bytes with ~20 KiB unread in
+# our pipe. Small inputs, and readers that keep up, are not affected.
 #
 # With a terminal (mode "t"), tty4 *is* the command's terminal: after the token line the
 # guest sets it cooked (`stty sane rows R cols C`) and runs the command on it as its
@@ -30,20 +33,13 @@
 # command's end marker (L:822).
 """
 
-import array
 import contextlib
 import fcntl
 import os
 import selectors
 import termios
-import time
 import tty
 
-# How much of our stdin may wait in the pipe to UML, unread; how often the agent's loop
-# calls tick(), and how long UML may leave the pipe untouched before we nudge it.
-IN_FLIGHT = 32 * 1024
-TICK = 0.02
-STALL = 0.05
 # The most one frame carries (the guest's dd reads it in 64 KiB blocks).
 MAX_FRAME = 1 << 20
 # How much we read from the source before waiting for the line to take it.
@@ -56,10 +52,8 @@ lguest_stdin_skip() {
   return 1
 }
 lguest_stdin_frames() {
-  lguest_stdin_skip "$1" || return
-  while IFS= read -r n <&5; do
-    [ -n "$n" ] || continue                 # a nudge between frames (L:824)
-    [ "$n" -gt 0 ] 2>/dev/null || return
+  awk -v t="$1" '$0 == t { exit }' <&5; printf 'go\n' >&5
+  while IFS= read -r n <&5 && [ "$n" -gt 0 ] 2>/dev/null; do
     dd bs=65536 count="$n" iflag=fullblock,count_bytes <&5 2>/dev/null || return
   done
 }
@@ -109,7 +103,8 @@ class StdinPump:
         self.out = bytearray(b"\n" + token.encode() + b"\n")
         self.sel = None
         self.pollable = True                 # select() can tell us when src has data
-        self._unread, self._since = 0, time.monotonic()
+        self.going = not framed              # framed: wait for the guest's `go`
+        self.heard = bytearray()
         self._watch = {}
 
     def start(self, sel):
@@ -144,10 +139,9 @@ class StdinPump:
         if self.src is not None and not self.pollable:
             while wants():
                 self._read_source()
-        if not self.out:
+        if not self.out and self.going:
             self._fill()
-        self._want(self.line_fd, self._on_line,
-                   bool(self.out) and unread(self.line_fd) < IN_FLIGHT)
+        self._want(self.line_fd, self._on_line, bool(self.out))
         if self.src is not None and self.pollable:
             self._want(self.src, self._on_source, wants())
             if not self.pollable:
@@ -181,45 +175,25 @@ class StdinPump:
         self._update()
 
     def _on_line(self, events):
-        room = IN_FLIGHT - unread(self.line_fd)
-        if room <= 0:
-            self._want(self.line_fd, self._on_line, False)      # tick() watches it now
-            return
-        self._write(self.out[:min(room, 65536)])
-
-    def _write(self, data):
         try:
-            done = os.write(self.line_fd, data)
+            done = os.write(self.line_fd, self.out[:65536])
         except BlockingIOError:
             return
         except OSError:
             self.out.clear()        # UML is gone; the agent sees its lines close
             self.pending.clear()
             self.eof = self.eof_sent = True
-            return
-        del self.out[:min(done, len(self.out))]
+            done = 0
+        del self.out[:done]
         self._update()
 
-    def tick(self):
-        """Called every TICK by the agent's loop: nudge UML if it stopped reading (L:824)."""
-        if self.sel is None:
-            return
-        left, now = unread(self.line_fd), time.monotonic()
-        if left != self._unread or not left:
-            self._unread, self._since = left, now
-        elif now - self._since >= STALL:
-            self._since = now
-            # The next byte of a frame, or an empty line where the guest expects a header.
-            self._write(self.out[:1] if self.out else b"\n" if self.framed else b"")
-        if left < IN_FLIGHT:
-            self._update()
-
-
-def unread(fd):
-    """Bytes written to the pipe fd and not yet read from it."""
-    count = array.array("i", [0])
-    fcntl.ioctl(fd, termios.FIONREAD, count)
-    return count[0]
+    def guest_said(self, data):
+        """tty4's output in framed mode: the guest's `go` once it is past the leftovers."""
+        if not self.going:
+            self.heard += data
+            if b"go\n" in self.heard:
+                self.going = True
+                self._update()
 
 
 def window_size(fd):
@@ -254,3 +228,15 @@ def is_null_device(fd):
         return True
     null = os.stat(os.devnull)
     return (st.st_dev, st.st_ino) == (null.st_dev, null.st_ino)
+
+
+def run_with_our_stdin(guest, command, **run_options):
+    """guest.run() with our own stdin: forwarded if it is a pipe or a file, our
+    terminal (raw, restored after) if it is one (L:823), nothing if /dev/null."""
+    fd = 0
+    if is_null_device(fd):
+        return guest.run(command, **run_options)
+    if os.isatty(fd):
+        with raw_terminal(fd):
+            return guest.run(command, stdin=fd, tty_size=window_size(fd), **run_options)
+    return guest.run(command, stdin=fd, **run_options)
