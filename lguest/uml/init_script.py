@@ -98,7 +98,8 @@ done
      stty sane rows "${r%%:*}" cols "${r#*:}" <&5 2>/dev/null
      setsid -c sh /tmp/lguest-cmd <&5 >&5 2>&5 4>&- 5>&-
      status=$?
-     stty raw -echo <&5 2>/dev/null; printf '%s' "<<lguest-end $token>>" >&5 ;;
+     # A session leader's exit hangs its (non-pty) terminal up: open tty4 anew.
+     exec 5<>/dev/tty4; stty raw -echo <&5 2>/dev/null; printf '%s' "<<lguest-end $token>>" >&5 ;;
   *) sh /tmp/lguest-cmd </dev/null >&4 2>/dev/tty2 4>&- 5<&-
      status=$? ;;
   esac

@@ -84,3 +84,43 @@ def test_a_large_stdin_through_md5sum_matches(uml):
     with Guest(kit=uml, timeout=240) as g:
         r = g.run("md5sum", stdin=data)
     assert r.stdout.split()[0] == hashlib.md5(data).hexdigest()
+
+
+def read_until(fd, wanted, timeout=90):
+    got, deadline = b"", time.monotonic() + timeout
+    while wanted not in got and time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.5)[0]:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:                  # EIO: the other side closed
+                break
+            if not chunk:
+                break
+            got += chunk
+    return got
+
+
+def test_an_interactive_sh_on_a_terminal(uml):
+    import fcntl
+    import struct
+    import termios
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
+    before = termios.tcgetattr(slave)
+    proc = subprocess.Popen(LGUEST_RUN + ["sh"], cwd=ROOT, stdin=slave, stdout=slave,
+                            stderr=slave, start_new_session=True)
+    try:
+        assert b"# " in read_until(master, b"# "), "no prompt from the guest's sh"
+        os.write(master, b"echo $((6*7))\r")
+        assert b"42" in read_until(master, b"42\r\n")
+        os.write(master, b"stty size\r")
+        assert b"33 101" in read_until(master, b"33 101")      # our window size
+        os.write(master, b"exit 3\r")
+        assert proc.wait(60) == 3
+        assert termios.tcgetattr(slave) == before               # our terminal restored
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+        os.close(slave)
