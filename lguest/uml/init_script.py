@@ -27,7 +27,7 @@
 # three lines are separate channels, so the status may overtake the output). TOKEN is
 # fresh random hex per command, so no output can forge another command's end. Each
 # command starts from the same place (its text is decoded by printf %b, a shell builtin:
-# a process per command costs ~10 ms in UML, so there is one, the command's own sh): an empty /root as its working directory and HOME,
+# a process per command costs ~10 ms in UML, so there is one, the command's own `sh -c`): an empty /root as its working directory and HOME,
 # an environment of PATH and HOME only, stdin as MODE says; afterwards every process
 # it left behind is killed and, with block devices, the file systems are synced, so its
 # writes have reached our block back-end before run() returns. What does carry over in a warm guest: files
@@ -92,15 +92,15 @@ done
   cd /root; unset OLDPWD
   case $mode in
   p) lguest_stdin_frames "$token" >/tmp/lguest-in &
-     sh /tmp/lguest-cmd </tmp/lguest-in >&4 2>/dev/tty2 4>&- 5<&-
+     sh -c "$text" </tmp/lguest-in >&4 2>/dev/tty2 4>&- 5<&-
      status=$? ;;
   t:*) lguest_stdin_skip "$token"; r=${mode#t:}
      stty sane rows "${r%%:*}" cols "${r#*:}" <&5 2>/dev/null
-     setsid -c sh /tmp/lguest-cmd <&5 >&5 2>&5 4>&- 5>&-
+     setsid -c sh -c "$text" <&5 >&5 2>&5 4>&- 5>&-
      status=$?
      # A session leader's exit hangs its (non-pty) terminal up: open tty4 anew.
      exec 5<>/dev/tty4; stty raw -echo <&5 2>/dev/null; printf '%s' "<<lguest-end $token>>" >&5 ;;
-  *) sh /tmp/lguest-cmd </dev/null >&4 2>/dev/tty2 4>&- 5<&-
+  *) sh -c "$text" </dev/null >&4 2>/dev/tty2 4>&- 5<&-
      status=$? ;;
   esac
   cd /
@@ -108,7 +108,7 @@ done
   [ -z "$blocks" ] || sync
 }
 if [ -n "$cmd" ]; then
-  echo "$cmd" | base64 -d > /tmp/lguest-cmd
+  text=$(echo "$cmd" | base64 -d)
   run_command
   echo "lguest-exit-status $status" >/dev/tty3
 else
@@ -118,7 +118,10 @@ else
   echo "lguest-agent-ready" >/dev/tty3
   while IFS= read -r line <&3; do
     token=${line%% *}; line=${line#* }; mode=${line%% *}
+    # Into a variable (builtins only: no fork), for `sh -c`, so that the shell's
+    # messages name the command and not a file of ours.
     printf '%b' "${line#* }" > /tmp/lguest-cmd
+    IFS= read -r -d '' text < /tmp/lguest-cmd
     run_command
     printf '%s' "<<lguest-end $token>>" >&4
     printf '%s' "<<lguest-end $token>>" >&2
