@@ -22,7 +22,7 @@ import time
 from ..errors import LauncherError
 from .init_script import END_MARKER, READY_MARKER, STATUS_MARKER
 from .process import LOG_TAIL, Outcome, kernel_arguments, kill_group, spawn
-from .stdin import StdinPump, command_mode
+from .stdin import TTY_ROOM, StdinPump, command_mode
 
 # How long a guest may take to sync and power off once we close its control line.
 STOP_GRACE = 5.0
@@ -100,6 +100,7 @@ class BootedGuest:
         self._console = os.pipe() if console else None
         self._console_in = self._console[1] if console else None
         self._ready = False
+        self.stdin_suspect = False      # tty4 may no longer take input (L:824)
         if console:
             self._fds += list(self._console)
 
@@ -229,6 +230,7 @@ class BootedGuest:
         finally:
             if pump is not None:
                 pump.stop()
+                self.stdin_suspect |= pump.sent > TTY_ROOM
         outcome.status = status if all(s.done for s in streams.values()) else None
         outcome.stdout, outcome.stderr = streams["stdout"].data, streams["stderr"].data
         if tty_size is not None:

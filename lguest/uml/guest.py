@@ -207,6 +207,8 @@ class Guest:
         timeout = self.timeout if timeout is None else timeout
         start = time.monotonic()
         try:
+            if stdin is not None and self._booted and self._booted.uml.stdin_suspect:
+                self._discard()             # its tty4 may take no more input (L:824)
             if self._booted is None:
                 self._booted = self._boot()
             left = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))

@@ -23,7 +23,10 @@
 # unthrottle only reads once, never putting the fd back; after that, input moves only
 # while throttle/unthrottle keep alternating. A reader slower than the line (8 MiB into
 # md5sum) can stop it for good: seen here, dd waiting for 7 bytes with ~20 KiB unread in
-# our pipe. Small inputs, and readers that keep up, are not affected.
+# our pipe. And once throttled, the line may take no input again: the next command's
+# stdin would never arrive. So a guest whose tty4 has carried more than its buffer
+# holds (TTY_ROOM) is booted anew before the next command with a stdin (L:880); small
+# inputs, the usual case, keep the warm guest.
 #
 # With a terminal (mode "t"), tty4 *is* the command's terminal: after the token line the
 # guest sets it cooked (`stty sane rows R cols C`) and runs the command on it as its
@@ -40,6 +43,9 @@ import selectors
 import termios
 import tty
 
+# What the guest's tty buffer holds before it throttles UML's line (N_TTY_BUF_SIZE less
+# TTY_THRESHOLD_THROTTLE): a command sent more may have left tty4 dead (L:824).
+TTY_ROOM = 4096 - 128
 # The most one frame carries (the guest's dd reads it in 64 KiB blocks).
 MAX_FRAME = 1 << 20
 # How much we read from the source before waiting for the line to take it.
@@ -104,6 +110,7 @@ class StdinPump:
         self.sel = None
         self.pollable = True                 # select() can tell us when src has data
         self.going = not framed              # framed: wait for the guest's `go`
+        self.sent = 0                        # bytes written to the line
         self.heard = bytearray()
         self._watch = {}
 
@@ -185,6 +192,7 @@ class StdinPump:
             self.eof = self.eof_sent = True
             done = 0
         del self.out[:done]
+        self.sent += done
         self._update()
 
     def guest_said(self, data):
