@@ -22,7 +22,7 @@ import time
 from ..errors import LauncherError
 from .init_script import END_MARKER, READY_MARKER, STATUS_MARKER
 from .process import LOG_TAIL, Outcome, kernel_arguments, kill_group, spawn
-from .stdin import TTY_ROOM, StdinPump, command_mode
+from .stdin import TTY_ROOM, StdinPump, command_mode, widen_pipe
 
 # How long a guest may take to sync and power off once we close its control line.
 STOP_GRACE = 5.0
@@ -128,6 +128,7 @@ class BootedGuest:
             self._close_fd(fd)
         self._control = ctl_w
         self._stdin_line = in_w
+        widen_pipe(in_w)
         stdout = self._console[0] if self._console else out_r
         for fd, name in ((log_r, "log"), (stdout, "stdout"), (err_r, "stderr"),
                          (st_r, "status"), (tty_r, "tty")):

@@ -21,7 +21,9 @@
 # send frames. The flaw: when the guest's tty buffer fills, UML's line driver throttles
 # by taking the host fd out of its epoll set (line_throttle -> deactivate_chan) and its
 # unthrottle only reads once, never putting the fd back; after that, input moves only
-# while throttle/unthrottle keep alternating. A reader slower than the line (8 MiB into
+# while throttle/unthrottle keep alternating, i.e. while each unthrottle finds more
+# than the tty buffer holds waiting in our pipe; so the pipe is widened to LINE_PIPE
+# and kept full while the source has data. A reader slower than the line (8 MiB into
 # md5sum) can stop it for good: seen here, dd waiting for 7 bytes with ~20 KiB unread in
 # our pipe. And once throttled, the line may take no input again: the next command's
 # stdin would never arrive. So a guest whose tty4 has carried more than its buffer
@@ -46,6 +48,9 @@ import tty
 # What the guest's tty buffer holds before it throttles UML's line (N_TTY_BUF_SIZE less
 # TTY_THRESHOLD_THROTTLE): a command sent more may have left tty4 dead (L:824).
 TTY_ROOM = 4096 - 128
+# How much the pipe to tty4 holds: while a stdin streams, UML must never find it empty
+# after a throttle (L:824), and 64 KiB runs dry between our writes on a busy host.
+LINE_PIPE = 1 << 20
 # The most one frame carries (the guest's dd reads it in 64 KiB blocks).
 MAX_FRAME = 1 << 20
 # How much we read from the source before waiting for the line to take it.
@@ -183,7 +188,7 @@ class StdinPump:
 
     def _on_line(self, events):
         try:
-            done = os.write(self.line_fd, self.out[:65536])
+            done = os.write(self.line_fd, self.out[:LINE_PIPE])
         except BlockingIOError:
             return
         except OSError:
@@ -202,6 +207,14 @@ class StdinPump:
             if b"go\n" in self.heard:
                 self.going = True
                 self._update()
+
+
+def widen_pipe(fd):
+    """Give the pipe to tty4 LINE_PIPE bytes of room, as far as the host allows."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, LINE_PIPE)
+    except OSError:
+        pass                        # above /proc/sys/fs/pipe-max-size: keep the default
 
 
 def window_size(fd):
