@@ -118,6 +118,13 @@ def test_an_interactive_sh_on_a_terminal(uml):
         assert b"42" in read_until(master, b"42\r\n")
         os.write(master, b"stty size\r")
         assert b"33 101" in read_until(master, b"33 101")      # our window size
+        os.write(master, b"sleep 60; echo slept\r")
+        time.sleep(1)
+        interrupted = time.monotonic()
+        os.write(master, b"\x03")                                # ^C: the guest's SIGINT
+        os.write(master, b"echo after-$((1+1))\r")
+        assert b"after-2" in read_until(master, b"after-2\r\n")
+        assert time.monotonic() - interrupted < 30                 # not the sleep's 60 s
         os.write(master, b"exit 3\r")
         assert proc.wait(60) == 3
         assert termios.tcgetattr(slave) == before               # our terminal restored
