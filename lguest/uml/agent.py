@@ -213,13 +213,7 @@ class BootedGuest:
         if not self._wait_until_ready(deadline, handle):
             outcome.timed_out = self.alive
         else:
-            try:
-                os.write(self._control, line)
-            except OSError:
-                pass                    # UML is gone: the loop below sees its lines close
-            if stdin is not None:
-                pump = StdinPump(stdin, self._stdin_line, token, framed=tty_size is None)
-                pump.start(self._sel)
+            pump = self._send(line, token, stdin, framed=tty_size is None)
         try:
             while self.alive and not outcome.timed_out:
                 status = parse_agent_status(outcome.status_text, token)
@@ -243,6 +237,18 @@ class BootedGuest:
         outcome.log = self.log.decode("utf-8", "replace")
         outcome.elapsed = time.monotonic() - start
         return outcome
+
+    def _send(self, line, token, stdin, framed):
+        """Hand the agent its command line; start its stdin's pump, if it has one."""
+        try:
+            os.write(self._control, line)
+        except OSError:
+            pass                        # UML is gone: the read loop sees its lines close
+        if stdin is None:
+            return None
+        pump = StdinPump(stdin, self._stdin_line, token, framed=framed)
+        pump.start(self._sel)
+        return pump
 
     def stop(self, grace=STOP_GRACE):
         """Let the guest sync and power off (closing its control line), then make sure."""
