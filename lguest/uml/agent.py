@@ -116,19 +116,21 @@ class BootedGuest:
 
     def start(self, **kernel_options):
         """Spawn UML (the device back-ends must already be listening)."""
-        pipes = [os.pipe() for _ in range(7)]
+        pipes = [os.pipe() for _ in range(8)]
         self._fds += [fd for pair in pipes for fd in pair]
         (log_r, log_w), (out_r, out_w), (err_r, err_w), (st_r, st_w), (ctl_r, ctl_w), \
-            (in_r, in_w), (tty_r, tty_w) = pipes
-        guest_ends = (log_w, out_w, err_w, st_w, ctl_r, in_r, tty_w)
-        argv = kernel_arguments(self.kit, None, self.workdir, guest_ends[:4],
-                                control=ctl_r, stdin_line=(in_r, tty_w), **kernel_options)
+            (in_r, in_w), (tty_r, tty_w), (winch_r, winch_w) = pipes
+        guest_ends = (log_w, out_w, err_w, st_w, ctl_r, in_r, tty_w, winch_r)
+        argv = kernel_arguments(self.kit, None, self.workdir, guest_ends[:4], control=ctl_r,
+                                stdin_line=(in_r, tty_w, winch_r), **kernel_options)
         self.proc = spawn(argv, self.workdir, guest_ends)
         for fd in guest_ends:
             self._close_fd(fd)
         self._control = ctl_w
         self._stdin_line = in_w
         widen_pipe(in_w)
+        self._winch = winch_w
+        os.set_blocking(winch_w, False)
         stdout = self._console[0] if self._console else out_r
         for fd, name in ((log_r, "log"), (stdout, "stdout"), (err_r, "stderr"),
                          (st_r, "status"), (tty_r, "tty")):
@@ -237,6 +239,15 @@ class BootedGuest:
         outcome.log = self.log.decode("utf-8", "replace")
         outcome.elapsed = time.monotonic() - start
         return outcome
+
+    def resize(self, rows, cols):
+        """A new window size for the command on the guest terminal (tty5, L:823)."""
+        fd = getattr(self, "_winch", None)
+        if fd is not None and fd in self._fds:
+            try:
+                os.write(fd, b"%d %d\n" % (rows, cols))
+            except OSError:
+                pass                    # no room, or UML gone: a resize is not worth a wait
 
     def _send(self, line, token, stdin, framed):
         """Hand the agent its command line; start its stdin's pump, if it has one."""

@@ -188,6 +188,11 @@ class Guest:
             self.run("true")
         return self
 
+    def resize(self, rows, cols):
+        """Tell a command running on a guest terminal (run(tty_size=...)) its new size."""
+        if self._booted is not None:
+            self._booted.uml.resize(rows, cols)
+
     def run(self, command, *, timeout=None, on_stdout=None, on_stderr=None, text=True,
             stdin=None, tty_size=None):
         """Run command (a shell string, or an argv list) in the guest; return a Result.

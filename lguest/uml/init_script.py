@@ -49,7 +49,7 @@ mount -t devtmpfs dev /dev 2>/dev/null
 mkdir -p /dev/pts /dev/shm && mount -t tmpfs tmp /tmp
 # devtmpfs fills /dev from a kernel thread, so under load the console nodes may not be
 # there yet; a failed `exec 2>` redirection would end this shell (and panic the guest).
-for t in 1 2 3 4; do
+for t in 1 2 3 4 5; do
   [ -e /dev/tty$t ] || mknod /dev/tty$t c 4 $t
   stty -F /dev/tty$t raw -echo 2>/dev/null
 done
@@ -91,16 +91,18 @@ done
   done
   cd /root; unset OLDPWD
   case $mode in
-  p) lguest_stdin_frames "$token" >/tmp/lguest-in &
-     sh -c "$text" </tmp/lguest-in >&4 2>/dev/tty2 4>&- 5<&-
+  p) lguest_stdin_frames "$token" >/tmp/lguest-in 6<&- &
+     sh -c "$text" </tmp/lguest-in >&4 2>/dev/tty2 4>&- 5<&- 6<&-
      status=$? ;;
   t:*) lguest_stdin_skip "$token"; r=${mode#t:}
      stty sane rows "${r%%:*}" cols "${r#*:}" <&5 2>/dev/null
-     setsid -c sh -c "$text" <&5 >&5 2>&5 4>&- 5>&-
+     # Later window sizes come on tty5; setting one signals the command (SIGWINCH).
+     while read -r r c <&6; do stty rows "$r" cols "$c" <&5; done 2>/dev/null &
+     setsid -c sh -c "$text" <&5 >&5 2>&5 4>&- 5>&- 6<&-
      status=$?
      # A session leader's exit hangs its (non-pty) terminal up: open tty4 anew.
      exec 5<>/dev/tty4; stty raw -echo <&5 2>/dev/null; printf '%s' "<<lguest-end $token>>" >&5 ;;
-  *) sh -c "$text" </dev/null >&4 2>/dev/tty2 4>&- 5<&-
+  *) sh -c "$text" </dev/null >&4 2>/dev/tty2 4>&- 5<&- 6<&-
      status=$? ;;
   esac
   cd /
@@ -112,7 +114,7 @@ if [ -n "$cmd" ]; then
   run_command
   echo "lguest-exit-status $status" >/dev/tty3
 else
-  exec 3</dev/tty3 5<>/dev/tty4
+  exec 3</dev/tty3 5<>/dev/tty4 6</dev/tty5
   stty raw -echo <&3 2>/dev/null
   mkfifo /tmp/lguest-in
   echo "lguest-agent-ready" >/dev/tty3

@@ -35,14 +35,17 @@
 # controlling tty (`setsid -c`), and we pass our keystrokes through as they are, our
 # own terminal in raw mode (restored however we leave), so ^C, ^D and line editing are
 # the guest's. What the command writes comes back on tty4's output, ended by the
-# command's end marker (L:822).
+# command's end marker (L:822). When our window changes (SIGWINCH) the new size goes on
+# tty5, where a background loop in the guest sets it on tty4, which signals the command.
 """
 
 import contextlib
 import fcntl
 import os
 import selectors
+import signal
 import termios
+import threading
 import tty
 
 # What the guest's tty buffer holds before it throttles UML's line (N_TTY_BUF_SIZE less
@@ -241,6 +244,19 @@ def raw_terminal(fd):
         fcntl.fcntl(fd, fcntl.F_SETFL, flags)
 
 
+@contextlib.contextmanager
+def resizes_to(guest, fd):
+    """Pass our window's new sizes (SIGWINCH) to the guest's terminal, in the block."""
+    if threading.current_thread() is not threading.main_thread():
+        yield                       # signal handlers can only be set in the main thread
+        return
+    previous = signal.signal(signal.SIGWINCH, lambda *_: guest.resize(*window_size(fd)))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGWINCH, previous)
+
+
 def is_null_device(fd):
     """True when fd is /dev/null (or closed): nothing to forward."""
     try:
@@ -258,6 +274,6 @@ def run_with_our_stdin(guest, command, **run_options):
     if is_null_device(fd):
         return guest.run(command, **run_options)
     if os.isatty(fd):
-        with raw_terminal(fd):
+        with raw_terminal(fd), resizes_to(guest, fd):
             return guest.run(command, stdin=fd, tty_size=window_size(fd), **run_options)
     return guest.run(command, stdin=fd, **run_options)

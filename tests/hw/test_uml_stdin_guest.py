@@ -5,6 +5,7 @@ import hashlib
 import os
 import pty
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -118,6 +119,14 @@ def test_an_interactive_sh_on_a_terminal(uml):
         assert b"42" in read_until(master, b"42\r\n")
         os.write(master, b"stty size\r")
         assert b"33 101" in read_until(master, b"33 101")      # our window size
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+        proc.send_signal(signal.SIGWINCH)                       # as the terminal would
+        deadline, size = time.monotonic() + 30, b""
+        while b"40 120" not in size and time.monotonic() < deadline:
+            time.sleep(0.5)                                     # the guest sets it soon after
+            os.write(master, b"stty size\r")
+            size = read_until(master, b"\r\n/root # ", timeout=10)
+        assert b"40 120" in size                                # a resize reaches the guest
         os.write(master, b"sleep 60; echo slept\r")
         time.sleep(1)
         interrupted = time.monotonic()

@@ -111,6 +111,9 @@ def test_the_agent_boot_wires_tty4_to_the_stdin_pipes():
     argv = process.kernel_arguments(kit, None, "/w", (10, 11, 12, 13), control=14,
                                     stdin_line=(15, 16))
     assert "con4=fd:15,fd:16" in argv
+    with_winch = process.kernel_arguments(kit, None, "/w", (10, 11, 12, 13), control=14,
+                                          stdin_line=(15, 16, 17))
+    assert "con4=fd:15,fd:16" in with_winch and "con5=fd:17,null" in with_winch
     assert not [a for a in process.kernel_arguments(kit, "true", "/w", (10, 11, 12, 13))
                 if a.startswith("con4=")]
 
