@@ -267,13 +267,22 @@ def is_null_device(fd):
     return (st.st_dev, st.st_ino) == (null.st_dev, null.st_ino)
 
 
+def stdin_plan(fd_in=0, fd_out=1):
+    """What `lguest run` does with its stdin: "none" for /dev/null (or closed), "tty" for
+    an interactive guest terminal when both ends are terminals (as ssh -t, docker -it),
+    else "stream": forwarded as read, EOF included (a terminal then gives its lines,
+    ^D its end, so `lguest run -- cat > f` from a terminal works too)."""
+    if is_null_device(fd_in):
+        return "none"
+    return "tty" if os.isatty(fd_in) and os.isatty(fd_out) else "stream"
+
+
 def run_with_our_stdin(guest, command, **run_options):
-    """guest.run() with our own stdin: forwarded if it is a pipe or a file, our
-    terminal (raw, restored after) if it is one (L:823), nothing if /dev/null."""
-    fd = 0
-    if is_null_device(fd):
+    """guest.run() with our own stdin, as stdin_plan() says (L:823)."""
+    plan = stdin_plan()
+    if plan == "none":
         return guest.run(command, **run_options)
-    if os.isatty(fd):
-        with raw_terminal(fd), resizes_to(guest, fd):
-            return guest.run(command, stdin=fd, tty_size=window_size(fd), **run_options)
-    return guest.run(command, stdin=fd, **run_options)
+    if plan == "tty":
+        with raw_terminal(0), resizes_to(guest, 0):
+            return guest.run(command, stdin=0, tty_size=window_size(0), **run_options)
+    return guest.run(command, stdin=0, **run_options)

@@ -127,3 +127,34 @@ def test_devnull_is_recognised_as_no_stdin():
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_lguest_run_goes_interactive_only_when_both_ends_are_terminals():
+    import pty
+    master, slave = pty.openpty()
+    r, w = os.pipe()
+    null = os.open(os.devnull, os.O_RDONLY)
+    try:
+        assert stdin.stdin_plan(slave, slave) == "tty"
+        assert stdin.stdin_plan(slave, w) == "stream"        # `lguest run ... | cat`
+        assert stdin.stdin_plan(r, slave) == "stream"        # `seq 10 | lguest run ...`
+        assert stdin.stdin_plan(null, slave) == "none"
+    finally:
+        for fd in (master, slave, r, w, null):
+            os.close(fd)
+
+
+def test_raw_terminal_restores_the_terminal_however_the_block_ends():
+    import pty
+    import termios
+    master, slave = pty.openpty()
+    try:
+        before = termios.tcgetattr(slave)
+        with pytest.raises(RuntimeError):
+            with stdin.raw_terminal(slave):
+                assert termios.tcgetattr(slave) != before    # raw inside
+                raise RuntimeError("leaving early")
+        assert termios.tcgetattr(slave) == before
+    finally:
+        os.close(master)
+        os.close(slave)
