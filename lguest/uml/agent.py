@@ -22,6 +22,7 @@ import time
 from ..errors import LauncherError
 from .init_script import END_MARKER, READY_MARKER, STATUS_MARKER
 from .process import LOG_TAIL, Outcome, kernel_arguments, kill_group, spawn
+from .stdin import TTY_ROOM, StdinPump, command_mode, widen_pipe
 
 # How long a guest may take to sync and power off once we close its control line.
 STOP_GRACE = 5.0
@@ -76,6 +77,16 @@ def parse_agent_status(text, token):
     return None
 
 
+def command_line(token, mode, command):
+    """The control line's text for one command (L:821), checked for length."""
+    line = f"{token} {mode} {encode_command(command)}\n".encode()
+    if len(line) > MAX_COMMAND:
+        raise LauncherError(f"command too long for the guest agent ({len(command)} bytes; "
+                            f"keep it under {MAX_COMMAND // 1024} KiB, or put a script "
+                            "on a block device)")
+    return line
+
+
 class BootedGuest:
     """A running UML whose /init is the agent: start(), run() any number of times, stop()."""
 
@@ -89,6 +100,7 @@ class BootedGuest:
         self._console = os.pipe() if console else None
         self._console_in = self._console[1] if console else None
         self._ready = False
+        self.stdin_suspect = False      # tty4 may no longer take input (L:824)
         if console:
             self._fds += list(self._console)
 
@@ -104,19 +116,24 @@ class BootedGuest:
 
     def start(self, **kernel_options):
         """Spawn UML (the device back-ends must already be listening)."""
-        pipes = [os.pipe() for _ in range(5)]
+        pipes = [os.pipe() for _ in range(8)]
         self._fds += [fd for pair in pipes for fd in pair]
-        (log_r, log_w), (out_r, out_w), (err_r, err_w), (st_r, st_w), (ctl_r, ctl_w) = pipes
-        guest_ends = (log_w, out_w, err_w, st_w, ctl_r)
-        argv = kernel_arguments(self.kit, None, self.workdir, guest_ends[:4],
-                                control=ctl_r, **kernel_options)
+        (log_r, log_w), (out_r, out_w), (err_r, err_w), (st_r, st_w), (ctl_r, ctl_w), \
+            (in_r, in_w), (tty_r, tty_w), (winch_r, winch_w) = pipes
+        guest_ends = (log_w, out_w, err_w, st_w, ctl_r, in_r, tty_w, winch_r)
+        argv = kernel_arguments(self.kit, None, self.workdir, guest_ends[:4], control=ctl_r,
+                                stdin_line=(in_r, tty_w, winch_r), **kernel_options)
         self.proc = spawn(argv, self.workdir, guest_ends)
         for fd in guest_ends:
             self._close_fd(fd)
         self._control = ctl_w
+        self._stdin_line = in_w
+        widen_pipe(in_w)
+        self._winch = winch_w
+        os.set_blocking(winch_w, False)
         stdout = self._console[0] if self._console else out_r
         for fd, name in ((log_r, "log"), (stdout, "stdout"), (err_r, "stderr"),
-                         (st_r, "status")):
+                         (st_r, "status"), (tty_r, "tty")):
             self._sel.register(fd, selectors.EVENT_READ, name)
         if self._console:
             self._sel.register(out_r, selectors.EVENT_READ, "log")   # tty1 is unused then
@@ -138,7 +155,10 @@ class BootedGuest:
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
             return False
-        for key, _ in self._sel.select(left):
+        for key, events in self._sel.select(left):
+            if callable(key.data):
+                key.data(events)        # the stdin pump's side of the loop (L:823)
+                continue
             data = os.read(key.fd, 65536)
             if not data:
                 self._sel.unregister(key.fd)
@@ -164,44 +184,54 @@ class BootedGuest:
                 return False
         return self._ready
 
-    def run(self, command, *, timeout=None, on_stdout=None, on_stderr=None):
-        """Run one shell command line; an Outcome whose status is None if UML died."""
+    def run(self, command, *, timeout=None, on_stdout=None, on_stderr=None, stdin=None,
+            tty_size=None):
+        """Run one shell command line; an Outcome whose status is None if UML died.
+
+        stdin: None (/dev/null), bytes, an fd or a file, forwarded with its EOF (L:823);
+        with tty_size=(rows, cols) the command runs on a guest terminal instead, fed
+        from stdin as typed, and its output (stdout and stderr) comes to on_stdout."""
         start = time.monotonic()
         token = secrets.token_hex(8)
         marker = f"{END_MARKER}{token}>>".encode()
         outcome = Outcome(None, False, None, "", 0.0)
         streams = {"stdout": FramedStream(marker, on_stdout or (lambda b: None)),
                    "stderr": FramedStream(marker, on_stderr or (lambda b: None))}
-        line = f"{token} {encode_command(command)}\n".encode()
-        if len(line) > MAX_COMMAND:
-            raise LauncherError(f"command too long for the guest agent ({len(command)} bytes; "
-                                f"keep it under {MAX_COMMAND // 1024} KiB, or put a script "
-                                "on a block device)")
+        if tty_size is not None:
+            streams["tty"] = FramedStream(marker, on_stdout or (lambda b: None))
+        line = command_line(token, command_mode(stdin, tty_size), command)
+        pump = None
 
         def handle(name, data):
             if name == "status":
                 outcome.status_text += data
-            else:
+            elif name in streams:
                 streams[name].feed(data)
+            elif name == "tty" and pump is not None:
+                pump.guest_said(data)   # framed stdin: the guest's `go` (L:824)
 
         deadline = None if timeout is None else start + timeout
         status = None
         if not self._wait_until_ready(deadline, handle):
             outcome.timed_out = self.alive
         else:
-            try:
-                os.write(self._control, line)
-            except OSError:
-                pass                    # UML is gone: the loop below sees its lines close
-        while self.alive and not outcome.timed_out:
-            status = parse_agent_status(outcome.status_text, token)
-            if status is not None and all(s.done for s in streams.values()):
-                break
-            if not self._read(deadline, handle):
-                outcome.timed_out = True
-                break
+            pump = self._send(line, token, stdin, framed=tty_size is None)
+        try:
+            while self.alive and not outcome.timed_out:
+                status = parse_agent_status(outcome.status_text, token)
+                if status is not None and all(s.done for s in streams.values()):
+                    break
+                if not self._read(deadline, handle):
+                    outcome.timed_out = True
+                    break
+        finally:
+            if pump is not None:
+                pump.stop()
+                self.stdin_suspect |= pump.sent > TTY_ROOM
         outcome.status = status if all(s.done for s in streams.values()) else None
         outcome.stdout, outcome.stderr = streams["stdout"].data, streams["stderr"].data
+        if tty_size is not None:
+            outcome.stdout = streams["tty"].data
         if outcome.status is None:
             # Dead: read what the kernel said last (the panic line). Hung: kill it now.
             self.stop(grace=0 if outcome.timed_out else 1.0)
@@ -209,6 +239,27 @@ class BootedGuest:
         outcome.log = self.log.decode("utf-8", "replace")
         outcome.elapsed = time.monotonic() - start
         return outcome
+
+    def resize(self, rows, cols):
+        """A new window size for the command on the guest terminal (tty5, L:823)."""
+        fd = getattr(self, "_winch", None)
+        if fd is not None and fd in self._fds:
+            try:
+                os.write(fd, b"%d %d\n" % (rows, cols))
+            except OSError:
+                pass                    # no room, or UML gone: a resize is not worth a wait
+
+    def _send(self, line, token, stdin, framed):
+        """Hand the agent its command line; start its stdin's pump, if it has one."""
+        try:
+            os.write(self._control, line)
+        except OSError:
+            pass                        # UML is gone: the read loop sees its lines close
+        if stdin is None:
+            return None
+        pump = StdinPump(stdin, self._stdin_line, token, framed=framed)
+        pump.start(self._sel)
+        return pump
 
     def stop(self, grace=STOP_GRACE):
         """Let the guest sync and power off (closing its control line), then make sure."""

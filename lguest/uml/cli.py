@@ -25,6 +25,7 @@ import threading
 from ..errors import LauncherError
 from . import shares
 from .guest import Guest, GuestFailed, GuestTimeout
+from .stdin import run_with_our_stdin
 
 EXIT_TIMEOUT = 124
 EXIT_GUEST_FAILED = 125
@@ -120,8 +121,8 @@ def main(argv=None):
         with Guest(block=args.block, console=args.console, net=args.net, ip=args.ip,
                    mem=args.mem, timeout=args.timeout, backend=args.backend,
                    root=args.root, share=args.share, terminal=sys.stdout.isatty()) as guest:
-            result = guest.run(command, on_stdout=_writer(sys.stdout.buffer),
-                               on_stderr=_writer(sys.stderr.buffer))
+            result = run_with_our_stdin(guest, command, on_stdout=_writer(sys.stdout.buffer),
+                                        on_stderr=_writer(sys.stderr.buffer))
         return result.returncode
     except GuestTimeout as e:
         print(f"lguest run: {e}", file=sys.stderr)

@@ -27,7 +27,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, Sequence
 
 from .. import virtio
 from ..errors import LauncherError
@@ -227,29 +227,42 @@ class Guest:
             self.run("true")
         return self
 
+    def resize(self, rows: int, cols: int) -> None:
+        """Tell a command running on a guest terminal (run(tty_size=...)) its new size."""
+        if self._booted is not None:
+            self._booted.uml.resize(rows, cols)
+
     def run(self, command: str | Sequence[str], *, timeout: float | None = None,
             on_stdout: Callable[[bytes], None] | None = None,
-            on_stderr: Callable[[bytes], None] | None = None, text: bool = True) -> Result:
+            on_stderr: Callable[[bytes], None] | None = None, text: bool = True,
+            stdin: bytes | int | BinaryIO | None = None,
+            tty_size: tuple[int, int] | None = None) -> Result:
         """Run command (a shell string, or an argv list) in the guest; return a Result.
 
         The first run() boots the guest; later ones reuse it, unless a command killed it.
         on_stdout / on_stderr receive the output's bytes as they come; timeout (seconds)
-        counts from the start of this run(), boot included."""
+        counts from the start of this run(), boot included. stdin: bytes, an fd or a
+        file (read as the command reads it, EOF included), None for /dev/null;
+        tty_size=(rows, cols): run it on a guest terminal fed from stdin (L:823)."""
         if self.workdir is None:
             with self:
                 return self.run(command, timeout=timeout, on_stdout=on_stdout,
-                                on_stderr=on_stderr, text=text)
+                                on_stderr=on_stderr, text=text, stdin=stdin,
+                                tty_size=tty_size)
         if not isinstance(command, str):
             command = shlex.join(command)
         timeout = self.timeout if timeout is None else timeout
         start = time.monotonic()
         try:
+            if stdin is not None and self._booted and self._booted.uml.stdin_suspect:
+                self._discard()             # its tty4 may take no more input (L:824)
             if self._booted is None:
                 self._booted = self._boot()
                 self._mount_shares(start, timeout)
             left = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
             outcome = self._booted.uml.run(self.plan.wrap(command), timeout=left,
-                                           on_stdout=on_stdout, on_stderr=on_stderr)
+                                           on_stdout=on_stdout, on_stderr=on_stderr,
+                                           stdin=stdin, tty_size=tty_size)
         except LauncherError:
             raise                           # e.g. a command too long: the guest is fine
         except BaseException:

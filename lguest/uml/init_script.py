@@ -17,7 +17,9 @@
 # early: a redirection that fails on `exec` would, so its targets are made sure of.
 #
 #L:821 The agent's protocol, one line each way per command on tty3 (raw, no echo):
-#   host -> guest   TOKEN COMMAND, with "\" written "\\" and newlines "\n"
+#   host -> guest   TOKEN MODE COMMAND, with "\" written "\\" and newlines "\n"; MODE
+#                   says where its stdin comes from: "-" /dev/null, "p" frames on tty4,
+#                   "t:ROWS:COLS" tty4 as its terminal (L:823)
 #   guest -> host   lguest-exit-status TOKEN STATUS
 # and, after the command and everything it started are gone, the guest writes
 # END_MARKER + TOKEN + ">>" at the end of the stdout and of the stderr streams. The host
@@ -25,12 +27,14 @@
 # three lines are separate channels, so the status may overtake the output). TOKEN is
 # fresh random hex per command, so no output can forge another command's end. Each
 # command starts from the same place (its text is decoded by printf %b, a shell builtin:
-# a process per command costs ~10 ms in UML, so there is one, the command's own sh): an empty /root as its working directory and HOME,
-# an environment of PATH and HOME only, stdin from /dev/null; afterwards every process
+# a process per command costs ~10 ms in UML, so there is one, the command's own `sh -c`): an empty /root as its working directory and HOME,
+# an environment of PATH and HOME only, stdin as MODE says; afterwards every process
 # it left behind is killed and, with block devices, the file systems are synced, so its
 # writes have reached our block back-end before run() returns. What does carry over in a warm guest: files
 # outside /root (e.g. /tmp), mounts, loaded modules, the guest's page cache.
 """
+
+from .stdin import GUEST_FUNCTIONS
 
 STATUS_MARKER = "lguest-exit-status"
 READY_MARKER = "lguest-agent-ready"
@@ -45,7 +49,7 @@ mount -t devtmpfs dev /dev 2>/dev/null
 mkdir -p /dev/pts /dev/shm && mount -t tmpfs tmp /tmp
 # devtmpfs fills /dev from a kernel thread, so under load the console nodes may not be
 # there yet; a failed `exec 2>` redirection would end this shell (and panic the guest).
-for t in 1 2 3; do
+for t in 1 2 3 4 5; do
   [ -e /dev/tty$t ] || mknod /dev/tty$t c 4 $t
   stty -F /dev/tty$t raw -echo 2>/dev/null
 done
@@ -79,7 +83,7 @@ case ",$lguest_wait" in *,vd*) blocks=1 ;; esac
 for v in $(env | sed -n 's/^\([A-Za-z_][A-Za-z0-9_]*\)=.*/\1/p'); do
   case $v in PATH|HOME) ;; *) unset "$v" ;; esac
 done
-run_command() {
+""" + GUEST_FUNCTIONS + r"""run_command() {
   # An empty /root without a fork when it is already empty (the usual case).
   [ -d /root ] || mkdir /root
   for f in /root/* /root/.[!.]* /root/..?*; do
@@ -87,23 +91,40 @@ run_command() {
     rm -rf /root; mkdir /root; break
   done
   cd /root; unset OLDPWD
-  sh /tmp/lguest-cmd </dev/null >&4 2>/dev/tty2 4>&-
-  status=$?
+  case $mode in
+  p) lguest_stdin_frames "$token" >/tmp/lguest-in 6<&- &
+     sh -c "$text" </tmp/lguest-in >&4 2>/dev/tty2 4>&- 5<&- 6<&-
+     status=$? ;;
+  t:*) lguest_stdin_skip "$token"; r=${mode#t:}
+     stty sane rows "${r%%:*}" cols "${r#*:}" <&5 2>/dev/null
+     # Later window sizes come on tty5; setting one signals the command (SIGWINCH).
+     while read -r r c <&6; do stty rows "$r" cols "$c" <&5; done 2>/dev/null &
+     setsid -c sh -c "$text" <&5 >&5 2>&5 4>&- 5>&- 6<&-
+     status=$?
+     # A session leader's exit hangs its (non-pty) terminal up: open tty4 anew.
+     exec 5<>/dev/tty4; stty raw -echo <&5 2>/dev/null; printf '%s' "<<lguest-end $token>>" >&5 ;;
+  *) sh -c "$text" </dev/null >&4 2>/dev/tty2 4>&- 5<&- 6<&-
+     status=$? ;;
+  esac
   cd /
   kill -9 -1 2>/dev/null
   [ -z "$blocks" ] || sync
 }
 if [ -n "$cmd" ]; then
-  echo "$cmd" | base64 -d > /tmp/lguest-cmd
+  text=$(echo "$cmd" | base64 -d)
   run_command
   echo "lguest-exit-status $status" >/dev/tty3
 else
-  exec 3</dev/tty3
+  exec 3</dev/tty3 5<>/dev/tty4 6</dev/tty5
   stty raw -echo <&3 2>/dev/null
+  mkfifo /tmp/lguest-in
   echo "lguest-agent-ready" >/dev/tty3
   while IFS= read -r line <&3; do
-    token=${line%% *}
+    token=${line%% *}; line=${line#* }; mode=${line%% *}
+    # Into a variable (builtins only: no fork), for `sh -c`, so that the shell's
+    # messages name the command and not a file of ours.
     printf '%b' "${line#* }" > /tmp/lguest-cmd
+    IFS= read -r -d '' text < /tmp/lguest-cmd
     run_command
     printf '%s' "<<lguest-end $token>>" >&4
     printf '%s' "<<lguest-end $token>>" >&2

@@ -51,8 +51,18 @@ def unused_modules(kit, device_ids):
 
 
 def cache_dir():
-    return os.environ.get("LGUEST_CACHE") or os.path.join(
-        os.path.expanduser("~"), ".cache", "lguest-py")
+    """$LGUEST_CACHE, else $XDG_CACHE_HOME/lguest-py, else ~/.cache/lguest-py."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.environ.get("LGUEST_CACHE") or os.path.join(base, "lguest-py")
+
+
+def unwritable_cache(root, error):
+    """One clear line for a cache we cannot create or fill (e.g. a root-built one)."""
+    where = error.filename or root
+    return LauncherError(f"cannot write the guest kit cache {root} ({where}: "
+                         f"{error.strerror}); "
+                         "set LGUEST_CACHE (or XDG_CACHE_HOME) to a directory you can "
+                         "write, or build the kit there once as its owner")
 
 
 def say(message):
@@ -103,6 +113,8 @@ def unpack(deb, unpacked_root, progress=say):
         scratch = tempfile.mkdtemp(prefix=".unpacking-", dir=unpacked_root)
         try:
             archive.extract_deb(deb, scratch)
+            # mkdtemp made it 0700: a cache built by root must be readable by everyone.
+            os.chmod(scratch, 0o755)
             os.rename(scratch, dest)
         except OSError:
             if not os.path.isdir(dest):
@@ -153,6 +165,13 @@ def _write_atomically(path, data):
 def ensure_kit(root=None, progress=say):
     """Fetch, unpack and build what is missing; return the Kit. Cached per process."""
     root = root or cache_dir()
+    try:
+        return _ensure_kit(root, progress)
+    except PermissionError as e:
+        raise unwritable_cache(root, e) from None
+
+
+def _ensure_kit(root, progress):
     debs = fetch_debs(os.path.join(root, "debs"), progress)
     key_text = repr((KIT_VERSION, sorted(os.path.basename(d) for d in debs.values()),
                      WANTED_MODULES, INIT_SCRIPT))

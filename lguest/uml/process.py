@@ -44,17 +44,25 @@ class Outcome:
 
 
 def kernel_arguments(kit, command, workdir, fds, *, mem=64, devices=(), wait=(),
-                     ip=None, stdout_device="tty1", control=None, skip_modules=()):
+                     ip=None, stdout_device="tty1", control=None, skip_modules=(),
+                     stdin_line=None):
     """The linux.uml argv for one boot. fds = (log, stdout, stderr, status) write ends.
 
     A one-shot boot carries `command` on the command line; an agent boot (command None)
-    reads its commands from the `control` fd, the read end of a pipe (L:821)."""
+    reads its commands from the `control` fd, the read end of a pipe (L:821), and the
+    commands' stdin (L:823) from stdin_line = (read end, write end for its echo[, read
+    end of the window-size line])."""
     log, out, err, status = fds
     control_in = "null" if control is None else f"fd:{control}"
     argv = [kit.kernel, f"mem={int(mem)}M", f"initrd={kit.initrd}", "rdinit=/init",
             "con=null", "ssl=null", f"con0=null,fd:{log}", f"con1=null,fd:{out}",
             f"con2=null,fd:{err}", f"con3={control_in},fd:{status}",
             f"uml_dir={workdir}", "umid=guest", "quiet"]
+    if stdin_line is not None:
+        # tty4 carries the commands' stdin (L:823); tty5, if given, window sizes.
+        argv.insert(argv.index("quiet"), "con4=fd:%d,fd:%d" % tuple(stdin_line[:2]))
+        if len(stdin_line) > 2:
+            argv.insert(argv.index("quiet"), "con5=fd:%d,null" % stdin_line[2])
     argv += [f"virtio_uml.device={sock}:{device_id}" for sock, device_id in devices]
     if command is not None:
         encoded = base64.b64encode(command.encode()).decode()

@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -51,3 +52,33 @@ def test_sigterm_stops_the_guest_and_cleans_up(uml):
         assert os.listdir(tmp) == []
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_console_output_into_a_reader_that_leaves_early_ends_with_141(uml, tmp_path):
+    # `lguest run --console ... | cmp - FILE`: cmp stops at the first difference.
+    other = tmp_path / "other"
+    other.write_bytes(b"x\n")
+    started = time.monotonic()
+    run = subprocess.Popen([sys.executable, "-m", "lguest", "run", "--console", "--timeout",
+                            "90", "--", "seq", "1", "200000"], cwd=ROOT,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    cmp = subprocess.run(["cmp", "-", str(other)], stdin=run.stdout, capture_output=True)
+    run.stdout.close()
+    rc = run.wait(90)
+    err = run.stderr.read().decode()
+    assert cmp.returncode == 1 and b"differ" in cmp.stdout
+    assert rc == 141 and "Traceback" not in err, err
+    assert time.monotonic() - started < 60                  # not the --timeout waited out
+
+
+def test_console_output_has_plain_line_ends(uml):
+    r = subprocess.run([sys.executable, "-m", "lguest", "run", "--console", "--", "seq", "3"],
+                       cwd=ROOT, capture_output=True, timeout=120)
+    assert (r.returncode, r.stdout) == (0, b"1\n2\n3\n"), r.stderr
+
+
+def test_a_failing_command_is_named_in_the_message_not_our_script(uml):
+    r = subprocess.run([sys.executable, "-m", "lguest", "run", "--", "nosuchcmd", "--x"],
+                       cwd=ROOT, capture_output=True, timeout=120)
+    assert r.returncode == 127
+    assert b"nosuchcmd: not found" in r.stderr and b"lguest-cmd" not in r.stderr, r.stderr

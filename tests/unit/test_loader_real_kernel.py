@@ -1,8 +1,9 @@
 """A real distribution bzImage through the loader (no boot: just the header and placement).
 
 The kernel is looked for in $LGUEST_TEST_KERNEL, then in the lguest-py cache where a
-Debian linux-image package was unpacked (`apt-get download linux-image-6.1.0-*-cloud-amd64`,
-`dpkg-deb -x` into ~/.cache/lguest-py/unpacked/<package>/), then /boot. Skipped if none.
+Debian linux-image package was unpacked (by the KVM or QEMU kits, or by hand:
+`apt-get download linux-image-6.1.0-*-cloud-amd64`, `dpkg-deb -x` into
+<cache>/unpacked/<package>/), then /boot. Skipped, saying where it looked, if none.
 """
 
 import glob
@@ -14,14 +15,23 @@ from lguest.errors import LauncherError
 from lguest.loader import load_kernel, write_boot_params
 from lguest.loader.mapping import ImageFile
 from lguest.memory import GuestMemory
+from lguest.uml.kit import cache_dir
 
 MiB = 1 << 20
 
 
+# Where the project's own kits unpack Debian's linux-image packages, under the cache
+# ($LGUEST_CACHE, $XDG_CACHE_HOME/lguest-py or ~/.cache/lguest-py): the KVM test's
+# kit (kvm-kernel/) and the QEMU front-end's (qemu/unpacked/), and unpacked/ by hand.
+CACHE_PATTERNS = ("unpacked/linux-image-*/boot/vmlinuz-*",
+                  "kvm-kernel/linux-image-*/boot/vmlinuz-*",
+                  "qemu/unpacked/linux-image-*/boot/vmlinuz-*")
+
+
 def find_kernel():
     candidates = [os.environ.get("LGUEST_TEST_KERNEL", "")]
-    cache = os.environ.get("LGUEST_CACHE") or os.path.expanduser("~/.cache/lguest-py")
-    candidates += sorted(glob.glob(os.path.join(cache, "unpacked", "linux-image-*", "boot", "vmlinuz-*")))
+    for pattern in CACHE_PATTERNS:
+        candidates += sorted(glob.glob(os.path.join(cache_dir(), pattern)))
     candidates += sorted(glob.glob("/boot/vmlinuz-*"))
     for path in candidates:
         if path and os.access(path, os.R_OK):
@@ -30,8 +40,10 @@ def find_kernel():
 
 
 KERNEL = find_kernel()
-pytestmark = pytest.mark.skipif(KERNEL is None, reason="no x86 bzImage here ($LGUEST_TEST_KERNEL, "
-                                "the lguest-py cache or /boot)")
+pytestmark = pytest.mark.skipif(
+    KERNEL is None, reason="no x86-64 distribution bzImage: looked in $LGUEST_TEST_KERNEL, "
+    + ", ".join(os.path.join(cache_dir(), p) for p in CACHE_PATTERNS) + " and /boot/vmlinuz-*"
+    " (the lguest host's i386 bzImage has no 64-bit entry, so it is not one)")
 
 
 def test_a_distribution_bzimage_loads_with_64_bit_entry_and_pc_boot_params():

@@ -4,16 +4,21 @@ import gzip
 import io
 import lzma
 import os
+import pathlib
+import shutil
 import stat
 import subprocess
 import sys
 import tarfile
+import tempfile
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from lguest.errors import LauncherError
 from lguest.uml import archive, kit, modinfo
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def make_ar(members, gnu_names=False):
@@ -268,7 +273,54 @@ def test_cache_dir_follows_the_environment(monkeypatch):
     monkeypatch.setenv("LGUEST_CACHE", "/somewhere/else")
     assert kit.cache_dir() == "/somewhere/else"
     monkeypatch.delenv("LGUEST_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", "/xdg")
+    assert kit.cache_dir() == "/xdg/lguest-py"
+    monkeypatch.delenv("XDG_CACHE_HOME")
     assert kit.cache_dir().endswith(os.path.join(".cache", "lguest-py"))
+
+
+# A Python anyone may run: ours may live under a home only its owner can enter.
+SYSTEM_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+
+
+def as_nobody():
+    """preexec_fn for a child that runs as an unprivileged user (we may be root)."""
+    if os.geteuid() == 0:
+        os.setgid(65534)
+        os.setuid(65534)
+
+
+@pytest.fixture
+def open_tmp():
+    """A directory everyone may enter (pytest's tmp_path is private to its owner)."""
+    path = tempfile.mkdtemp(prefix="lguest-kit-test-")
+    os.chmod(path, 0o755)
+    yield pathlib.Path(path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_a_cache_dir_that_cannot_be_created_is_one_clear_line(open_tmp):
+    locked = open_tmp / "locked"
+    locked.mkdir(mode=0o555)
+    code = ("import sys; from lguest.uml import kit; from lguest.errors import LauncherError\n"
+            "try:\n    kit.ensure_kit()\n"
+            "except LauncherError as e:\n    print(e); sys.exit(3)\n")
+    env = dict(os.environ, LGUEST_CACHE=str(locked / "cache"), PYTHONPATH=ROOT)
+    r = subprocess.run([SYSTEM_PYTHON, "-c", code], env=env, capture_output=True,
+                       text=True, preexec_fn=as_nobody, cwd="/", timeout=60)
+    assert r.returncode == 3 and "Traceback" not in r.stderr, r.stderr
+    assert str(locked / "cache") in r.stdout and "LGUEST_CACHE" in r.stdout
+    assert "XDG_CACHE_HOME" in r.stdout
+
+
+def test_a_cache_unpacked_by_one_user_is_readable_by_others(open_tmp):
+    deb = open_tmp / "pkg_1.0_all.deb"
+    deb.write_bytes(make_ar([("data.tar.gz", make_tar({"usr/bin/x": b"1"}, "w:gz"))]))
+    dest = kit.unpack(str(deb), str(open_tmp / "u"), progress=lambda m: None)
+    assert os.stat(dest).st_mode & 0o777 == 0o755
+    r = subprocess.run(["cat", os.path.join(dest, "usr/bin/x")], capture_output=True,
+                       text=True, preexec_fn=as_nobody, timeout=60)
+    assert r.stdout.strip() == "1", r.stderr
 
 
 def test_unpack_happens_once_and_leaves_no_scratch(tmp_path):

@@ -74,7 +74,8 @@ def test_init_script_reports_status_on_its_own_line_and_powers_off():
     assert f'echo "{init_script.STATUS_MARKER} $status" >/dev/tty3' in script
     assert f'echo "{init_script.STATUS_MARKER} $token $status" >/dev/tty3' in script
     assert f'echo "{init_script.READY_MARKER}" >/dev/tty3' in script
-    assert script.count(f'"{init_script.END_MARKER}$token>>"') == 2      # stdout, stderr
+    # stdout, stderr, and tty4 when the command ran on it as its terminal (L:823)
+    assert script.count(f'"{init_script.END_MARKER}$token>>"') == 3
     assert script.rstrip().endswith("poweroff -f")
 
 
