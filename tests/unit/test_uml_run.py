@@ -30,6 +30,15 @@ def test_kernel_arguments_wire_the_four_channels_and_devices():
     assert "lguest_stdout=hvc0" in argv and "uml_dir=/w" in argv
 
 
+def test_the_raid6_benchmark_is_skipped_only_without_block_devices():
+    from lguest import virtio
+    assert process.ID_BLOCK == virtio.ID_BLOCK
+    bare = argv_of(devices=[("/w/fs0.sock", virtio.ID_FS)])
+    assert "initcall_blacklist=calibrate_xor_blocks,raid6_select_algo" in bare
+    with_disk = argv_of(devices=[("/w/blk0.sock", virtio.ID_BLOCK)])
+    assert "initcall_blacklist=calibrate_xor_blocks" in with_disk
+
+
 @pytest.mark.parametrize("command", ["echo 'a b' \"c\" $HOME; exit 3", "ünï\ncode\t\\"])
 def test_command_travels_as_base64_without_quoting(command):
     argv = argv_of(command)
