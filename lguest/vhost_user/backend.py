@@ -266,12 +266,9 @@ class VhostUserTransport:
     def _set_vring_num(self, msg):
         index, num = P.decode_state(msg)
         vring = self._vring(index)
-        # L:205: a power of 2, at most 32768 -- and no larger than the device takes, as
-        # over PCI (queue_size is capped at queue_max_size there).
-        problem = queue_size_problem(num)
-        limit = min(virtio.MAX_QUEUE_SIZE, self.device.queue_max_size)
-        if not problem and num > limit:
-            problem = f"{num} (max {limit})"
+        # L:205: a power of 2, no larger than the device takes from a vhost-user
+        # front-end (QEMU's largest ring, 1024; not its PCI queue_max_size).
+        problem = queue_size_problem(num, self.device.vhost_user_queue_max_size)
         if problem:
             raise P.RequestError("invalid queue size", queue=index, detail=problem)
         self._set_up(vring, num=num)

@@ -83,7 +83,7 @@ def memory_args(mb):
             "-numa", "node,memdev=mem"]
 
 
-def boot(kit_, initrd, workdir, device_args, *, smp=1, mem_mb=256, timeout=150):
+def boot(kit_, initrd, workdir, device_args, *, smp=1, mem_mb=256, timeout=int(os.environ.get("QEMU_TIMEOUT", "150"))):
     """Boot once with the given -chardev/-device/-netdev arguments; return a Boot."""
     console = os.path.join(workdir, "console.log")
     argv = [qemu_path(), "-accel", "tcg", "-smp", str(smp), "-nographic", "-nodefaults",
