@@ -83,11 +83,13 @@ def memory_args(mb):
             "-numa", "node,memdev=mem"]
 
 
-def boot(kit_, initrd, workdir, device_args, *, smp=1, mem_mb=256, timeout=int(os.environ.get("QEMU_TIMEOUT", "150"))):
+def boot(kit_, initrd, workdir, device_args, *, smp=1, mem_mb=256, machine=None, timeout=None):
     """Boot once with the given -chardev/-device/-netdev arguments; return a Boot."""
     console = os.path.join(workdir, "console.log")
+    timeout = timeout or int(os.environ.get("QEMU_TIMEOUT", "300"))
     argv = [qemu_path(), "-accel", "tcg", "-smp", str(smp), "-nographic", "-nodefaults",
-            "-no-reboot", *memory_args(mem_mb), *device_args,
+            "-no-reboot", *(["-machine", machine] if machine else []),
+            *memory_args(mem_mb), *device_args,
             "-kernel", kit_.kernel, "-initrd", initrd,
             "-append", "console=ttyS0 rdinit=/init quiet panic=-1",
             "-serial", f"file:{console}"]

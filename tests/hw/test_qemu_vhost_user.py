@@ -5,7 +5,7 @@ tests/hw/qemu_kit.py). Two boots carry every case, to keep the file within a few
 - `-smp 1`: disk A on QEMU's defaults (queue-size 128, num-queues = 1 vCPU), disk B with
   queue-size=256,num-queues=2 (more queues than vCPUs: the guest uses one), rng on its
   defaults, and (root, /dev/net/tun) virtio-net-pci with vectors=0 on a tap back-end;
-- `-smp 2`: disk C on the defaults (num-queues = 2 vCPUs), disk D with queue-size=256,
+- `-smp 2 -machine q35 -m 4096` (two memory regions): disk C on the defaults (num-queues = 2 vCPUs), disk D with queue-size=256,
   disk E with queue-size=1024,num-queues=1.
 In each boot the guest writes 256 MiB from /dev/urandom to the first disk with O_DIRECT,
 reads it back (md5), copies it to each other disk and reads those back; the test checks
@@ -154,7 +154,7 @@ def blk_args(backend, name, options):
 class Run:
     """One boot: its back-ends, disks and result."""
 
-    def __init__(self, kit, disks, smp, rng=False, net=False, net_options=""):
+    def __init__(self, kit, disks, smp, rng=False, net=False, net_options="", **boot_args):
         self.dir = tempfile.mkdtemp(prefix="lgq-", dir="/tmp")
         self.disks, self.backends, args, script = {}, {}, [], ""
         self.tcp = None
@@ -180,7 +180,8 @@ class Run:
                 self.backends[label] = b = Backend(self.dir, label, [f"--block={path}"])
                 args += blk_args(b, label, options)
             script += DISK_SCRIPT
-            self.boot = boot(kit, qemu_kit.initramfs(kit, script), self.dir, args, smp=smp)
+            self.boot = boot(kit, qemu_kit.initramfs(kit, script), self.dir, args, smp=smp,
+                             **boot_args)
         finally:
             for name, b in self.backends.items():
                 if hasattr(self, "boot"):
@@ -205,8 +206,9 @@ def one_cpu(kit):
 @pytest.fixture(scope="module")
 def two_cpus(kit):
     # E: QEMU's largest ring (its VIRTQUEUE_MAX_SIZE); refused until we took 1024.
+    # q35 with 4 GiB: QEMU's memory table has two regions (0-2 GiB, 4-6 GiB), not one.
     run = Run(kit, [("C", ""), ("D", ",queue-size=256"), ("E", ",queue-size=1024,num-queues=1")],
-              smp=2)
+              smp=2, machine="q35", mem_mb=4096)
     yield run
     run.close()
 
@@ -254,6 +256,8 @@ def test_blk_one_vcpu_defaults_and_256_entries_2_queues(one_cpu):
 
 
 def test_blk_two_vcpus_default_num_queues_is_the_vcpu_count(two_cpus):
+    regions = [l for l in two_cpus.boot.backend_logs["C"].splitlines() if "region guest" in l]
+    assert any("region guest 0x100000000-" in l for l in regions), regions
     check_disks(two_cpus, {"C": (2, 128), "D": (2, 256), "E": (1, 1024)})
 
 
