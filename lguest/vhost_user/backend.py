@@ -135,7 +135,10 @@ class VhostUserTransport:
             log.warning("vhost-user %s: %s refused: %s", self.device.name, msg.name, e)
             if msg.request in ANSWERED:
                 raise P.ProtocolError(e.rule, detail=e.detail) from e
-            return P.encode_reply(msg.request, P.pack_u64(1)) if msg.need_reply else None
+            if msg.need_reply:
+                return P.encode_reply(msg.request, P.pack_u64(1))
+            self._refused_unheard(e)
+            return None
         finally:
             for fd in msg.fds:             # anything a message carried but did not need
                 os.close(fd)
@@ -467,6 +470,17 @@ class VhostUserTransport:
         vring = self.vrings[queue_index]
         with vring.signal_lock:
             signal_fd(vring.call_fd)
+
+    def _refused_unheard(self, error):
+        """A ring's set-up refused where no reply was asked (QEMU asks none for
+        SET_VRING_NUM and the rest): fire that ring's err fd, so the front-end hears
+        of it (QEMU: "vhost vring error in virtqueue N") instead of its guest waiting
+        on a ring no one serves with nothing said."""
+        index = error.queue
+        if isinstance(index, int) and 0 <= index < len(self.vrings):
+            vring = self.vrings[index]
+            with vring.signal_lock:
+                signal_fd(vring.err_fd)
 
     def _ring_error(self, vring, error):
         if isinstance(error, GuestError):

@@ -1,6 +1,7 @@
 """What a real QEMU 7.2 front-end showed (tests/hw/test_qemu_vhost_user.py), each pinned
 here with our own front-end so it fails on the code that got it wrong."""
 
+import os
 import socket
 
 import pytest
@@ -65,3 +66,28 @@ def test_a_1024_entry_block_ring_serves_requests(disk):
         assert not s.backend.errors
     finally:
         s.close()
+
+
+@pytest.mark.parametrize("bad", [P.pack_state(0, 2 * QEMU_MAX_RING), P.pack_state(0, 3)])
+def test_a_refused_ring_set_up_with_no_reply_asked_fires_the_err_fd(disk, bad):
+    # QEMU negotiates REPLY_ACK but asks no reply for SET_VRING_NUM: a refusal was only
+    # in our log, and its guest waited forever. Now the ring's err fd fires (QEMU then
+    # prints "vhost vring error in virtqueue 0"), and the session goes on.
+    _, store, _ = disk
+    s = Session(VhostUserBackend(BlockDevice(store)))
+    err = os.eventfd(0, os.EFD_NONBLOCK)
+    try:
+        fe = s.fe
+        fe.negotiate(protocol_features=0)          # no REPLY_ACK: nothing is answered
+        fe.request(P.SET_VRING_ERR, P.pack_u64(0), [err])
+        fe.request(P.SET_VRING_NUM, bad)
+        assert fe.ask_u64(P.GET_QUEUE_NUM) >= 1    # the message was handled; still talking
+        assert os.eventfd_read(err) == 1
+        # A good SET_VRING_NUM does not fire it.
+        fe.request(P.SET_VRING_NUM, P.pack_state(0, 128))
+        fe.ask_u64(P.GET_QUEUE_NUM)
+        with pytest.raises(BlockingIOError):
+            os.eventfd_read(err)
+    finally:
+        s.close()
+        os.close(err)
