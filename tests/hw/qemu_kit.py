@@ -37,7 +37,6 @@ mount -t devtmpfs dev /dev
 for m in $(cat /lib/modules/load-order); do
   insmod /lib/modules/$m.ko || echo "qemu-kit: insmod $m failed"
 done
-rm -f /lib/modules/*.ko
 echo qemu-kit: modules loaded
 """
 INIT_TAIL = "\necho qemu-kit: done\nsync\npoweroff -f\n"

@@ -67,8 +67,8 @@ class Boot:
 
     def results(self, name):
         """The values of every `RESULT name ...` line, as lists of words."""
-        return [m.group(1).split() for m in
-                re.finditer(rf"^RESULT {re.escape(name)} ?(.*)$", self.console, re.M)]
+        return [(m.group(1) or "").split() for m in
+                re.finditer(rf"^RESULT {re.escape(name)}(?: (.*))?$", self.console, re.M)]
 
     def result(self, name):
         found = self.results(name)

@@ -79,6 +79,29 @@ done
 RNG_SCRIPT = """
 echo "RESULT rng-current $(cat /sys/class/misc/hw_random/rng_current)"
 echo "RESULT rng $(timeout 30 dd if=/dev/hwrng bs=16 count=4 2>/dev/null | wc -c)"
+# The driver again: QEMU stops the ring (GET_VRING_BASE) and starts a new one at 0.
+rmmod virtio_rng && insmod /lib/modules/virtio_rng.ko
+echo "RESULT rng-again $(timeout 30 dd if=/dev/hwrng bs=16 count=4 2>/dev/null | wc -c)"
+"""
+
+# After DISK_SCRIPT, with two vCPUs: a reader pinned to each CPU at once (virtio_blk
+# maps queue N to CPU N), then vda's driver unbound and bound again (a device reset:
+# QEMU stops the rings and starts new ones) and the whole 256 MiB read once more.
+HALF_MB = DATA_MB // 2
+PARALLEL_SCRIPT = f"""
+for cpu in 0 1; do
+  (taskset $((1 << cpu)) dd if=/dev/vda bs=1M skip=$((cpu * {HALF_MB})) count={HALF_MB} iflag=direct \
+     2>/dev/null | md5sum | sed "s/^/RESULT half $cpu /; s/ *-$//") &
+done
+wait
+grep -o 'virtio[0-9]*-req[.][0-9]*' /proc/interrupts | while read q; do
+  echo "RESULT irqs $q $(grep "$q" /proc/interrupts | awk '{{print $2 + $3}}')"
+done
+virt=$(basename $(readlink /sys/block/vda/device))
+echo $virt > /sys/bus/virtio/drivers/virtio_blk/unbind
+echo $virt > /sys/bus/virtio/drivers/virtio_blk/bind
+n=0; while [ ! -e /dev/vda ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+echo "RESULT md5-rebound $(dd if=/dev/vda bs=1M count={DATA_MB} iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)"
 """
 
 NET_SCRIPT = f"""
@@ -154,7 +177,8 @@ def blk_args(backend, name, options):
 class Run:
     """One boot: its back-ends, disks and result."""
 
-    def __init__(self, kit, disks, smp, rng=False, net=False, net_options="", **boot_args):
+    def __init__(self, kit, disks, smp, rng=False, net=False, net_options="", after="",
+                 **boot_args):
         self.dir = tempfile.mkdtemp(prefix="lgq-", dir="/tmp")
         self.disks, self.backends, args, script = {}, {}, [], ""
         self.tcp = None
@@ -179,7 +203,7 @@ class Run:
                 self.disks[label] = (path, options)
                 self.backends[label] = b = Backend(self.dir, label, [f"--block={path}"])
                 args += blk_args(b, label, options)
-            script += DISK_SCRIPT
+            script += DISK_SCRIPT + after
             self.boot = boot(kit, qemu_kit.initramfs(kit, script), self.dir, args, smp=smp,
                              **boot_args)
         finally:
@@ -208,7 +232,7 @@ def two_cpus(kit):
     # E: QEMU's largest ring (its VIRTQUEUE_MAX_SIZE); refused until we took 1024.
     # q35 with 4 GiB: QEMU's memory table has two regions (0-2 GiB, 4-6 GiB), not one.
     run = Run(kit, [("C", ""), ("D", ",queue-size=256"), ("E", ",queue-size=1024,num-queues=1")],
-              smp=2, machine="q35", mem_mb=4096)
+              smp=2, machine="q35", mem_mb=4096, after=PARALLEL_SCRIPT)
     yield run
     run.close()
 
@@ -261,10 +285,27 @@ def test_blk_two_vcpus_default_num_queues_is_the_vcpu_count(two_cpus):
     check_disks(two_cpus, {"C": (2, 128), "D": (2, 256), "E": (1, 1024)})
 
 
+def test_blk_two_vcpus_both_queues_at_once_then_a_driver_rebind(two_cpus):
+    b, path = two_cpus.boot, two_cpus.disks["C"][0]
+    assert two_cpus.boot.results("disk")[0][1] == "C", "vda is not disk C" + b.tail()
+    with open(path, "rb") as f:
+        halves = [hashlib.md5(f.read(HALF_MB << 20)).hexdigest() for _ in range(2)]
+    got = {cpu: md5 for cpu, md5 in b.results("half")}
+    assert got == {"0": halves[0], "1": halves[1]}, "parallel reads differ" + b.tail()
+    irqs = {q: int(n) for q, n in b.results("irqs")}
+    vda_queues = sorted(q for q in irqs if q.endswith((".0", ".1")))
+    # Some virtioN has both req.0 and req.1 busy: the two CPUs used their own queues.
+    devices = {q.split("-")[0] for q in vda_queues}
+    assert any(irqs.get(f"{d}-req.0", 0) > 0 and irqs.get(f"{d}-req.1", 0) > 0
+               for d in devices), f"one queue did all the work: {irqs}" + b.tail()
+    assert b.result("md5-rebound")[0] == host_md5(path), "after the rebind" + b.tail()
+
+
 def test_rng_on_defaults_returns_bytes(one_cpu):
     b = one_cpu.boot
     assert b.result("rng-current")[0].startswith("virtio_rng"), b.tail()
     assert b.result("rng") == ["64"], "a read of /dev/hwrng did not return 64 bytes" + b.tail()
+    assert b.result("rng-again") == ["64"], "after reloading virtio_rng" + b.tail()
 
 
 @pytest.mark.skipif(not can_tap(), reason="a tap needs /dev/net/tun, root (CAP_NET_ADMIN) and iproute2's ip")
