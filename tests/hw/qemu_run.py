@@ -12,6 +12,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass, field
 
 from lguest.uml.servers import wait_for_socket
@@ -36,6 +38,21 @@ class Backend:
              *args], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         wait_for_socket(self.socket, self.proc, timeout=30, what=f"lguest vhost-user {name}")
+
+    def kill_sessions(self):
+        """SIGKILL the forked session processes (L:742) of this back-end, not the
+        server; return how many there were."""
+        killed = 0
+        for pid in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == self.proc.pid:
+                os.kill(int(pid), signal.SIGKILL)
+                killed += 1
+        return killed
 
     def stop(self):
         if self.proc.poll() is None:
@@ -76,6 +93,20 @@ class Boot:
         return found[-1]
 
 
+def wait_for_console(console, text, timeout=240):
+    """Wait until the serial console file holds text; True if it came."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(console, errors="replace") as f:
+                if text in f.read():
+                    return True
+        except FileNotFoundError:
+            pass
+        time.sleep(0.1)
+    return False
+
+
 def memory_args(mb):
     # vhost-user needs the guest's memory in a file the back-end can map: QEMU 7.2
     # shares it only when told to, as a memfd backend bound to the NUMA node.
@@ -83,8 +114,10 @@ def memory_args(mb):
             "-numa", "node,memdev=mem"]
 
 
-def boot(kit_, initrd, workdir, device_args, *, smp=1, mem_mb=256, machine=None, timeout=None):
-    """Boot once with the given -chardev/-device/-netdev arguments; return a Boot."""
+def boot(kit_, initrd, workdir, device_args, *, smp=1, mem_mb=256, machine=None, timeout=None,
+         watch=None):
+    """Boot once with the given -chardev/-device/-netdev arguments; return a Boot.
+    watch(console_path), if given, runs on a thread of its own while QEMU does."""
     console = os.path.join(workdir, "console.log")
     timeout = timeout or int(os.environ.get("QEMU_TIMEOUT", "300"))
     argv = [qemu_path(), "-accel", "tcg", "-smp", str(smp), "-nographic", "-nodefaults",
@@ -95,6 +128,8 @@ def boot(kit_, initrd, workdir, device_args, *, smp=1, mem_mb=256, machine=None,
             "-serial", f"file:{console}"]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
+    if watch is not None:
+        threading.Thread(target=watch, args=(console,), daemon=True).start()
     timed_out = False
     try:
         _, err = proc.communicate(timeout=timeout)

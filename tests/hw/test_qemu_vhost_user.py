@@ -27,7 +27,7 @@ import pytest
 from lguest.errors import LauncherError
 
 import qemu_kit
-from qemu_run import Backend, boot, qemu_path
+from qemu_run import Backend, boot, qemu_path, wait_for_console
 
 pytestmark = pytest.mark.skipif(qemu_path() is None,
                                 reason="qemu-system-x86_64 is missing (Debian: qemu-system-x86)")
@@ -169,8 +169,8 @@ def can_tap():
     return os.geteuid() == 0 and os.path.exists("/dev/net/tun")
 
 
-def blk_args(backend, name, options):
-    return ["-chardev", f"socket,id={name},path={backend.socket}",
+def blk_args(backend, name, options, chardev=""):
+    return ["-chardev", f"socket,id={name},path={backend.socket}{chardev}",
             "-device", f"vhost-user-blk-pci,chardev={name}{options}"]
 
 
@@ -178,7 +178,7 @@ class Run:
     """One boot: its back-ends, disks and result."""
 
     def __init__(self, kit, disks, smp, rng=False, net=False, net_options="", after="",
-                 **boot_args):
+                 chardev="", disk_script=None, watch=None, **boot_args):
         self.dir = tempfile.mkdtemp(prefix="lgq-", dir="/tmp")
         self.disks, self.backends, args, script = {}, {}, [], ""
         self.tcp = None
@@ -189,7 +189,7 @@ class Run:
                 narrow_route(tap)
                 args += ["-chardev", f"socket,id=n0,path={b.socket}",
                          "-netdev", "vhost-user,id=net0,chardev=n0",
-                         "-device", f"virtio-net-pci,netdev=net0,vectors=0{net_options}"]
+                         "-device", f"virtio-net-pci,netdev=net0{net_options or ',vectors=0'}"]
                 self.tcp = TcpPeer()
                 script += NET_SCRIPT.format(**self.tcp.ports)
             if rng:
@@ -202,8 +202,10 @@ class Run:
                 make_disk(path, label)
                 self.disks[label] = (path, options)
                 self.backends[label] = b = Backend(self.dir, label, [f"--block={path}"])
-                args += blk_args(b, label, options)
-            script += DISK_SCRIPT + after
+                args += blk_args(b, label, options, chardev)
+            script += (DISK_SCRIPT if disk_script is None else disk_script) + after
+            if watch is not None:
+                boot_args["watch"] = lambda console: watch(self, console)
             self.boot = boot(kit, qemu_kit.initramfs(kit, script), self.dir, args, smp=smp,
                              **boot_args)
         finally:
@@ -326,3 +328,39 @@ def test_net_tcp_both_ways_with_the_offloads_qemu_negotiates(one_cpu):
     assert tcp.got_md5 == b.result("up-md5")[0], "guest -> host TCP data differ" + b.tail()
     assert b.result("down-md5")[0] == hashlib.md5(tcp.sent).hexdigest(), \
         "host -> guest TCP data differ" + b.tail()
+
+
+# The session killed while the guest reads: QEMU (reconnect=1) connects again, sets the
+# rings up anew from the used index (its GET_VRING_BASE on the dead socket fails, so
+# requests in flight are served again) and the guest's reads go on, every one right.
+RECONNECT_PASSES = 10
+RECONNECT_SCRIPT = f"""
+dd if=/dev/urandom of=/dev/vda bs=1M count=16 oflag=direct 2>/dev/null
+echo "RESULT md5-first $(dd if=/dev/vda bs=1M count=16 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)"
+i=0; while [ $i -lt {RECONNECT_PASSES} ]; do
+  echo "RESULT pass $i $(timeout 60 dd if=/dev/vda bs=1M count=16 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)"
+  i=$((i + 1)); sleep 0.5
+done
+"""
+
+
+def test_blk_session_killed_mid_reads_qemu_reconnects_and_reads_go_on(kit):
+    killed = []
+
+    def kill_at_pass_2(run, console):
+        if wait_for_console(console, "RESULT pass 2 "):
+            killed.append(run.backends["A"].kill_sessions())
+
+    run = Run(kit, [("A", "")], smp=1, chardev=",reconnect=1", disk_script=RECONNECT_SCRIPT,
+              watch=kill_at_pass_2)
+    try:
+        b = run.boot
+        assert killed == [1], f"no session to kill: {killed}" + b.tail()
+        first = b.result("md5-first")[0]
+        passes = b.results("pass")
+        assert [p[0] for p in passes] == [str(i) for i in range(RECONNECT_PASSES)], b.tail()
+        assert all(p[1:] == [first] for p in passes), "a read after the reconnect differs" + b.tail()
+        log = b.backend_logs["A"]
+        assert "session ended by SIGKILL" in log and log.count("front-end connected") == 2, log
+    finally:
+        run.close()
