@@ -216,8 +216,34 @@ class VhostUserServer:
 # from the one thread that calls this -- the main thread -- so that no fork() ever
 # happens while another thread of ours runs: a thread holding a lock (logging's, a
 # buffered stream's) at the moment of a fork leaves that lock held for ever in the
-# child. One poll() watches every idle listener and, through a pidfd, every live
-# session; a server whose session is live does not accept, as in serve_forever().
+# child. One poll() watches every listener and, through a pidfd, every live session.
+# A front-end that connects while another's session is live is refused at once, as
+# qemu-storage-daemon does ("Only one vhost-user client is allowed"): it sees the socket
+# close (QEMU: "Failed to read msg header", and it exits). Left queued in the backlog,
+# a second QEMU sent GET_FEATURES and waited for ever, silently. A front-end that hung
+# up and connects again is not refused: if the live session's peer is gone, we wait
+# for that session to end (its process exits as soon as it reads the EOF) and serve
+# the new connection.
+def _ending_session(server, live, grace=5.0):
+    """The pidfd of server's live session if its front-end has hung up and the session
+    ends within `grace` seconds (a front-end that closes and connects again at once
+    gets there before we have reaped the old session); None if it is still talking."""
+    hung_up = select.poll()
+    hung_up.register(server._conn, select.POLLRDHUP | select.POLLHUP)
+    if not hung_up.poll(0):
+        return None
+    for pidfd, (owner, _, _) in live.items():
+        if owner is server:
+            return pidfd if select.select([pidfd], [], [], grace)[0] else None
+    return None
+
+
+def _refuse_busy(server, conn):
+    conn.close()
+    log.warning("vhost-user %s: refused a second front-end on %s: one is connected "
+                "(a socket serves one at a time)", server.backend.device.name, server.path)
+
+
 def serve_isolated(servers, stop, interval=0.2):
     """Serve `servers` (isolate=True) on this thread until `stop` is set."""
     poller = select.poll()
@@ -226,18 +252,27 @@ def serve_isolated(servers, stop, interval=0.2):
     for fd in listening:
         poller.register(fd, select.POLLIN)
     try:
+        def finish(pidfd):
+            server, session, conn = live.pop(pidfd)
+            poller.unregister(pidfd)
+            os.close(pidfd)
+            server._conn = None
+            server._end_session(session, conn)
+
         while not stop.is_set():
-            for fd, _ in poller.poll(interval * 1000):
+            events = sorted(poller.poll(interval * 1000), key=lambda e: e[0] not in live)
+            for fd, _ in events:
                 if fd in live:
-                    server, session, conn = live.pop(fd)
-                    poller.unregister(fd)
-                    os.close(fd)
-                    server._conn = None
-                    server._end_session(session, conn)
-                    poller.register(server.listener.fileno(), select.POLLIN)
+                    finish(fd)
                     continue
                 server = listening[fd]
                 conn, _ = server.listener.accept()
+                if server._conn is not None:
+                    ending = _ending_session(server, live)
+                    if ending is None:
+                        _refuse_busy(server, conn)
+                        continue
+                    finish(ending)
                 server.connections += 1
                 log.info("vhost-user %s: front-end connected on %s", server.backend.device.name, server.path)
                 session = server._start_session(conn)
@@ -246,7 +281,6 @@ def serve_isolated(servers, stop, interval=0.2):
                 server._conn = conn
                 pidfd = os.pidfd_open(session.pid)
                 live[pidfd] = (server, session, conn)
-                poller.unregister(fd)
                 poller.register(pidfd, select.POLLIN)
     finally:
         for pidfd, (server, session, conn) in live.items():
