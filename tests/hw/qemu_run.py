@@ -107,22 +107,38 @@ def wait_for_console(console, text, timeout=240):
     return False
 
 
-def memory_args(mb):
+def memory_args(mb, hotplug=False):
     # vhost-user needs the guest's memory in a file the back-end can map: QEMU 7.2
     # shares it only when told to, as a memfd backend bound to the NUMA node.
-    return ["-m", f"{mb}M", "-object", f"memory-backend-memfd,id=mem,size={mb}M,share=on",
+    size = f"{mb}M,slots=2,maxmem={mb + 1024}M" if hotplug else f"{mb}M"
+    return ["-m", size, "-object", f"memory-backend-memfd,id=mem,size={mb}M,share=on",
             "-numa", "node,memdev=mem"]
 
 
+def monitor_path(workdir):
+    return os.path.join(workdir, "monitor.sock")
+
+
+def hmp(workdir, *commands):
+    """Send QEMU human-monitor commands (boot(..., hotplug=True) opens the monitor)."""
+    import socket
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(monitor_path(workdir))
+        for command in commands:
+            s.sendall(command.encode() + b"\n")
+            time.sleep(1)
+
+
 def boot(kit_, initrd, workdir, device_args, *, smp=1, mem_mb=256, machine=None, timeout=None,
-         watch=None):
+         watch=None, hotplug=False):
     """Boot once with the given -chardev/-device/-netdev arguments; return a Boot.
     watch(console_path), if given, runs on a thread of its own while QEMU does."""
     console = os.path.join(workdir, "console.log")
     timeout = timeout or int(os.environ.get("QEMU_TIMEOUT", "300"))
     argv = [qemu_path(), "-accel", "tcg", "-smp", str(smp), "-nographic", "-nodefaults",
             "-no-reboot", *(["-machine", machine] if machine else []),
-            *memory_args(mem_mb), *device_args,
+            *memory_args(mem_mb, hotplug), *device_args,
+            *(["-monitor", f"unix:{monitor_path(workdir)},server,nowait"] if hotplug else []),
             "-kernel", kit_.kernel, "-initrd", initrd,
             "-append", "console=ttyS0 rdinit=/init quiet panic=-1",
             "-serial", f"file:{console}"]

@@ -27,7 +27,7 @@ import pytest
 from lguest.errors import LauncherError
 
 import qemu_kit
-from qemu_run import Backend, boot, qemu_path, wait_for_console
+from qemu_run import Backend, boot, hmp, qemu_path, wait_for_console
 
 pytestmark = pytest.mark.skipif(qemu_path() is None,
                                 reason="qemu-system-x86_64 is missing (Debian: qemu-system-x86)")
@@ -330,37 +330,48 @@ def test_net_tcp_both_ways_with_the_offloads_qemu_negotiates(one_cpu):
         "host -> guest TCP data differ" + b.tail()
 
 
-# The session killed while the guest reads: QEMU (reconnect=1) connects again, sets the
-# rings up anew from the used index (its GET_VRING_BASE on the dead socket fails, so
-# requests in flight are served again) and the guest's reads go on, every one right.
+# While the guest reads in a loop: 512 MiB of memory plugged in (QEMU sends SET_MEM_TABLE
+# with a second region while the ring runs; the guest onlines it), then the session
+# process killed: QEMU (reconnect=1) connects again, sets the rings up anew from the
+# used index (its GET_VRING_BASE on the dead socket fails, so requests in flight are
+# served again) and the guest's reads go on, every one right.
 RECONNECT_PASSES = 10
 RECONNECT_SCRIPT = f"""
 dd if=/dev/urandom of=/dev/vda bs=1M count=16 oflag=direct 2>/dev/null
 echo "RESULT md5-first $(dd if=/dev/vda bs=1M count=16 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)"
 i=0; while [ $i -lt {RECONNECT_PASSES} ]; do
   echo "RESULT pass $i $(timeout 60 dd if=/dev/vda bs=1M count=16 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)"
+  for m in /sys/devices/system/memory/memory*/state; do grep -q offline $m && echo online > $m; done
+  echo "RESULT mem $i $(grep MemTotal /proc/meminfo | tr -s ' ' | cut -d' ' -f2)"
   i=$((i + 1)); sleep 0.5
 done
 """
 
 
-def test_blk_session_killed_mid_reads_qemu_reconnects_and_reads_go_on(kit):
+def test_blk_memory_hotplug_then_session_killed_qemu_reconnects_reads_go_on(kit):
     killed = []
 
-    def kill_at_pass_2(run, console):
+    def plug_then_kill(run, console):
         if wait_for_console(console, "RESULT pass 2 "):
+            hmp(run.dir, "object_add memory-backend-memfd,id=m2,size=512M,share=on",
+                "device_add pc-dimm,id=d2,memdev=m2")
+        if wait_for_console(console, "RESULT pass 5 "):
             killed.append(run.backends["A"].kill_sessions())
 
     run = Run(kit, [("A", "")], smp=1, chardev=",reconnect=1", disk_script=RECONNECT_SCRIPT,
-              watch=kill_at_pass_2)
+              watch=plug_then_kill, hotplug=True)
     try:
         b = run.boot
         assert killed == [1], f"no session to kill: {killed}" + b.tail()
         first = b.result("md5-first")[0]
         passes = b.results("pass")
         assert [p[0] for p in passes] == [str(i) for i in range(RECONNECT_PASSES)], b.tail()
-        assert all(p[1:] == [first] for p in passes), "a read after the reconnect differs" + b.tail()
+        assert all(p[1:] == [first] for p in passes), "a read differs" + b.tail()
+        mem = [int(m[1]) for m in b.results("mem")]
+        assert mem[-1] - mem[0] >= 500 << 10, f"the plugged memory did not show: {mem}" + b.tail()
         log = b.backend_logs["A"]
         assert "session ended by SIGKILL" in log and log.count("front-end connected") == 2, log
+        # The second region came mid-session, and again after the reconnect.
+        assert log.count("region guest 0x100000000-0x120000000") == 2, log
     finally:
         run.close()
