@@ -132,7 +132,7 @@ def hmp(workdir, *commands):
 def boot(kit_, initrd, workdir, device_args, *, smp=1, mem_mb=256, machine=None, timeout=None,
          watch=None, hotplug=False):
     """Boot once with the given -chardev/-device/-netdev arguments; return a Boot.
-    watch(console_path), if given, runs on a thread of its own while QEMU does."""
+    watch(console_path, qemu_process), if given, runs on a thread of its own while QEMU does."""
     console = os.path.join(workdir, "console.log")
     timeout = timeout or int(os.environ.get("QEMU_TIMEOUT", "300"))
     argv = [qemu_path(), "-accel", "tcg", "-smp", str(smp), "-nographic", "-nodefaults",
@@ -145,7 +145,7 @@ def boot(kit_, initrd, workdir, device_args, *, smp=1, mem_mb=256, machine=None,
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     if watch is not None:
-        threading.Thread(target=watch, args=(console,), daemon=True).start()
+        threading.Thread(target=watch, args=(console, proc), daemon=True).start()
     timed_out = False
     try:
         _, err = proc.communicate(timeout=timeout)

@@ -205,7 +205,7 @@ class Run:
                 args += blk_args(b, label, options, chardev)
             script += (DISK_SCRIPT if disk_script is None else disk_script) + after
             if watch is not None:
-                boot_args["watch"] = lambda console: watch(self, console)
+                boot_args["watch"] = lambda console, _: watch(self, console)
             self.boot = boot(kit, qemu_kit.initramfs(kit, script), self.dir, args, smp=smp,
                              **boot_args)
         finally:
@@ -375,3 +375,44 @@ def test_blk_memory_hotplug_then_session_killed_qemu_reconnects_reads_go_on(kit)
         assert log.count("region guest 0x100000000-0x120000000") == 2, log
     finally:
         run.close()
+
+
+WRITE_LOOP = """
+i=0; while [ $i -lt 40 ]; do
+  dd if=/dev/urandom of=/dev/vda bs=1M count=8 oflag=direct 2>/dev/null; echo "RESULT wpass $i"
+  i=$((i + 1))
+done
+echo "RESULT md5 $(dd if=/dev/vda bs=1M count=8 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)"
+"""
+
+
+def test_qemu_killed_mid_write_costs_only_its_session(kit):
+    # SIGKILL to QEMU with writes in flight: the session ends (its rings with it), and
+    # the same back-end serves the next QEMU, whose writes land in the file.
+    workdir = tempfile.mkdtemp(prefix="lgq-", dir="/tmp")
+    path = os.path.join(workdir, "A.img")
+    make_disk(path, "A")
+    backend = Backend(workdir, "A", [f"--block={path}"])
+    initrd = qemu_kit.initramfs(kit, WRITE_LOOP)
+
+    def kill_at_pass_3(console, qemu):
+        if wait_for_console(console, "RESULT wpass 3"):
+            qemu.kill()
+
+    try:
+        args = blk_args(backend, "A", "")
+        first = boot(kit, initrd, workdir, args, watch=kill_at_pass_3)
+        assert first.returncode == -9 and not first.results("md5"), \
+            "QEMU was not killed mid-loop" + first.tail()
+        os.unlink(os.path.join(workdir, "console.log"))
+        second = boot(kit, initrd, workdir, args)
+        log = backend.stop()
+        second.backend_logs["A"] = log
+        assert second.returncode == 0, "the next QEMU was not served" + second.tail()
+        with open(path, "rb") as f:
+            want = hashlib.md5(f.read(8 << 20)).hexdigest()
+        assert second.result("md5") == [want], second.tail()
+        assert log.count("front-end connected") == 2 and "Traceback" not in log, log
+    finally:
+        backend.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
