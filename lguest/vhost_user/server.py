@@ -135,14 +135,33 @@ class VhostUserServer:
                 if self._stopping.is_set():
                     return
                 raise
-            self.connections += 1
-            self._conn = conn
-            log.info("vhost-user %s: front-end connected on %s", self.backend.device.name, self.path)
+            while conn is not None:
+                if self._stopping.is_set():
+                    conn.close()
+                    return
+                conn = self._serve_refusing_others(conn)
+
+    def _serve_refusing_others(self, conn):
+        """Serve conn's session on this thread; meanwhile another thread refuses any
+        other front-end (L:744). Returns a connection that came in as the session
+        ended (its front-end hung up and came back), to be served next, or None."""
+        self.connections += 1
+        self._conn = conn
+        log.info("vhost-user %s: front-end connected on %s", self.backend.device.name, self.path)
+        done, handed = threading.Event(), []
+        refuser = threading.Thread(target=_refuse_while_serving, args=(self, conn, done, handed),
+                                   daemon=True, name=f"vhost-user-refuse-{self.backend.device.name}")
+        refuser.start()
+        try:
             if self.isolate:
                 self._serve_in_child(conn)
             else:
                 serve_connection(self.backend, conn)
+        finally:
             self._conn = None
+            done.set()
+            refuser.join()
+        return handed[0] if handed else None
 
     def _serve_in_child(self, conn):
         """Fork (on this, the accepting thread), wait for the session to end, reap it."""
@@ -224,13 +243,38 @@ class VhostUserServer:
 # up and connects again is not refused: if the live session's peer is gone, we wait
 # for that session to end (its process exits as soon as it reads the EOF) and serve
 # the new connection.
+def _hung_up(conn):
+    """The front-end on conn has closed its end (or we have closed ours)."""
+    if conn.fileno() == -1:
+        return True
+    poller = select.poll()
+    poller.register(conn, select.POLLRDHUP | select.POLLHUP)
+    return bool(poller.poll(0))
+
+
+def _refuse_while_serving(server, current, done, handed):
+    """serve_forever's helper thread: refuse other front-ends while `current` is served;
+    one that arrives once current's front-end has hung up is handed back instead."""
+    poller = select.poll()
+    poller.register(server.listener, select.POLLIN)
+    while not done.is_set():
+        try:
+            if not poller.poll(100):
+                continue
+            conn, _ = server.listener.accept()
+        except OSError:
+            return                      # the listener closed: the server is stopping
+        if done.is_set() or _hung_up(current):
+            handed.append(conn)
+            return
+        _refuse_busy(server, conn)
+
+
 def _ending_session(server, live, grace=5.0):
     """The pidfd of server's live session if its front-end has hung up and the session
     ends within `grace` seconds (a front-end that closes and connects again at once
     gets there before we have reaped the old session); None if it is still talking."""
-    hung_up = select.poll()
-    hung_up.register(server._conn, select.POLLRDHUP | select.POLLHUP)
-    if not hung_up.poll(0):
+    if not _hung_up(server._conn):
         return None
     for pidfd, (owner, _, _) in live.items():
         if owner is server:

@@ -3,6 +3,7 @@ here with our own front-end so it fails on the code that got it wrong."""
 
 import os
 import socket
+import time
 
 import pytest
 
@@ -12,8 +13,9 @@ from lguest.devices.net import NetDevice
 from lguest.devices.rng import RngDevice
 from lguest.vhost_user import protocol as P
 from lguest.vhost_user.backend import VhostUserBackend
-from lguest.vhost_user.frontend import FrontendError
+from lguest.vhost_user.frontend import Frontend, FrontendError
 from lguest.vhost_user.served import DatagramLink
+from lguest.vhost_user.server import VhostUserServer
 from test_vhost_user_backend import Session, blk_request, disk  # noqa: F401 - fixtures
 
 SECTOR = 512
@@ -91,3 +93,35 @@ def test_a_refused_ring_set_up_with_no_reply_asked_fires_the_err_fd(disk, bad):
     finally:
         s.close()
         os.close(err)
+
+
+@pytest.mark.parametrize("isolate", [False, True])
+def test_library_server_refuses_a_second_front_end_and_serves_the_next(tmp_path, disk, isolate):
+    # The same as `lguest vhost-user` (test_vhost_user_isolation.py) for a server run
+    # with serve_in_thread(): a second front-end waited in the backlog for ever.
+    _, store, pattern = disk
+    sock = str(tmp_path / "blk.sock")
+    server = VhostUserServer(VhostUserBackend(BlockDevice(store)), sock, isolate=isolate)
+    server.serve_in_thread()
+    try:
+        with Frontend.connect(sock, regions=((0, 1 << 20),)) as first:
+            first.sock.settimeout(10)
+            first.negotiate()
+            with Frontend.connect(sock) as second:
+                second.sock.settimeout(10)
+                start = time.monotonic()
+                with pytest.raises((FrontendError, OSError)):
+                    second.negotiate()
+                assert time.monotonic() - start < 5
+            first.set_mem_table()
+            q = first.setup_queue(0, 16)
+            assert blk_request(q, 0, 1, read_len=SECTOR)[:SECTOR] == pattern[SECTOR:2 * SECTOR]
+        for _ in range(3):                     # hang up and come straight back: served
+            with Frontend.connect(sock, regions=((0, 1 << 20),)) as again:
+                again.sock.settimeout(10)
+                again.negotiate()
+                again.set_mem_table()
+                q = again.setup_queue(0, 16)
+                assert blk_request(q, 0, 2, read_len=SECTOR)[:SECTOR] == pattern[2 * SECTOR:3 * SECTOR]
+    finally:
+        server.close()
