@@ -1,6 +1,7 @@
 """The socket side: accept a front-end, read its messages with their fds, reply.
 
-#L:740 One front-end at a time, as vhost-user intends (a device has one driver). The
+#L:740 One front-end at a time, as vhost-user intends (a device has one driver); one
+# that connects while another is served is refused at once (L:744). The
 # socket thread reads a 12-byte header with recvmsg() -- a sender's SCM_RIGHTS fds
 # arrive with the first byte of its message, so with the header -- then exactly the
 # payload the header announces, hands the Message to the backend (L:720) and writes
