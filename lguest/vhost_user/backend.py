@@ -135,10 +135,9 @@ class VhostUserTransport:
             log.warning("vhost-user %s: %s refused: %s", self.device.name, msg.name, e)
             if msg.request in ANSWERED:
                 raise P.ProtocolError(e.rule, detail=e.detail) from e
-            if msg.need_reply:
-                return P.encode_reply(msg.request, P.pack_u64(1))
-            self._refused_unheard(e)
-            return None
+            if not msg.need_reply:
+                return self._refused_unheard(e)
+            return P.encode_reply(msg.request, P.pack_u64(1))
         finally:
             for fd in msg.fds:             # anything a message carried but did not need
                 os.close(fd)
@@ -269,8 +268,7 @@ class VhostUserTransport:
     def _set_vring_num(self, msg):
         index, num = P.decode_state(msg)
         vring = self._vring(index)
-        # L:205: a power of 2, no larger than the device takes from a vhost-user
-        # front-end (QEMU's largest ring, 1024; not its PCI queue_max_size).
+        # L:205: a power of 2, up to QEMU's largest (1024), not the PCI queue_max_size.
         problem = queue_size_problem(num, self.device.vhost_user_queue_max_size)
         if problem:
             raise P.RequestError("invalid queue size", queue=index, detail=problem)
@@ -472,15 +470,10 @@ class VhostUserTransport:
             signal_fd(vring.call_fd)
 
     def _refused_unheard(self, error):
-        """A ring's set-up refused where no reply was asked (QEMU asks none for
-        SET_VRING_NUM and the rest): fire that ring's err fd, so the front-end hears
-        of it (QEMU: "vhost vring error in virtqueue N") instead of its guest waiting
-        on a ring no one serves with nothing said."""
-        index = error.queue
-        if isinstance(index, int) and 0 <= index < len(self.vrings):
-            vring = self.vrings[index]
-            with vring.signal_lock:
-                signal_fd(vring.err_fd)
+        """No reply asked (QEMU asks none for ring set-up): fire the ring's err fd."""
+        if isinstance(error.queue, int) and 0 <= error.queue < len(self.vrings):
+            with self.vrings[error.queue].signal_lock:
+                signal_fd(self.vrings[error.queue].err_fd)
 
     def _ring_error(self, vring, error):
         if isinstance(error, GuestError):
