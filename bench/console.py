@@ -26,7 +26,7 @@ def one_run(kit, console, size):
 
     blocks = size // 65536
     try:
-        r = Guest(console=console, kit=kit, timeout=60).run(
+        r = Guest(console=console, kit=kit, timeout=60, root="initramfs").run(
             f"dd if=/dev/zero bs=65536 count={blocks} 2>/dev/null", on_stdout=count, text=False)
     except GuestFailed as e:
         # Counted as an incomplete run in the row's note, not hidden.

@@ -19,20 +19,6 @@ from common import HERE, Row, say
 SECTION = "lguest-host"
 HOST_MEM_MB = 512
 HOST_TIMEOUT = 5400           # seconds for the whole host run
-INIT = """#!/bin/busybox sh
-/bin/busybox --install -s /bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev 2>/dev/null
-mount -t tmpfs tmpfs /tmp
-export PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin HOME=/root TMPDIR=/tmp
-export PYTHONDONTWRITEBYTECODE=1 TERM=dumb
-cd /lguest-py
-echo "lguest-host bench: $(uname -r) $(uname -m), $(ls -l /dev/lguest 2>&1)"
-python3 /bench/lguest_host_side.py {runs}
-echo "{marker} $?"
-reboot -f
-"""
 
 
 def _kit():
@@ -53,11 +39,13 @@ def host_results(runs):
     """Boot the host once and return the BENCH-RESULT records its side printed."""
     import seed_launcher
     kit, qemu, kernel = _kit()
+    from lguest.lguest_host.runner import host_init
     seed = seed_launcher.build()
     files = {"/bench/lguest-seed": seed, "/lguest-host/bzImage": kernel,
              "/bench/lguest_host_side.py": os.path.join(HERE, "lguest_host_side.py"),
              "/bench/lguest_traps.py": os.path.join(HERE, "lguest_traps.py")}
-    initramfs = kit.build_initramfs(INIT.format(runs=runs, marker=qemu.EXIT_MARKER), files,
+    initramfs = kit.build_initramfs(host_init(f"python3 /bench/lguest_host_side.py {runs}",
+                                                  what="the bench"), files,
                                     project=True, pip_packages=("pyelftools",))
     records, pending = [], b""
 
@@ -71,7 +59,7 @@ def host_results(runs):
                 record = json.loads(line.split(" ", 1)[1])
                 records.append(record)
                 say(f"{SECTION}: {_summary(record)}")
-            elif line.startswith(("lguest-host bench:", "Traceback", "BENCH-")) or "Error" in line:
+            elif line.startswith(("lguest-host:", "Traceback", "BENCH-")) or "Error" in line:
                 say(f"{SECTION}: host: {line[:200]}")
 
     started = time.monotonic()

@@ -64,13 +64,7 @@ poweroff -f
 
 def guest_initrd(path, io):
     from lguest.uml import archive
-    cpio = archive.CpioWriter()
-    for d in ("bin", "sbin", "proc", "sys", "dev", "tmp"):
-        cpio.directory(d)
-    cpio.char_device("dev/console", 5, 1)
-    with open(BUSYBOX, "rb") as f:
-        cpio.file("bin/busybox", f.read(), perm=0o755)
-    cpio.symlink("bin/sh", "busybox")
+    cpio = archive.busybox_image(BUSYBOX)
     cpio.file("init", INIT.format(read_mb=READ_MB, write_mb=WRITE_MB).encode(), perm=0o755)
     if io:
         line = b"".join(bytes([33 + (i % 90)]) for i in range(79)) + b"\n"

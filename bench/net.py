@@ -90,7 +90,8 @@ def ours(kit, n, blocks):
     rx = Receiver(("0.0.0.0", PORT + 2 * n), blocks * 65536)
     rx.start()
     try:
-        Guest(kit=kit, net=f"tap:{name}:{host}", ip=guest, timeout=60, mem=MEM).run(
+        Guest(kit=kit, net=f"tap:{name}:{host}", ip=guest, timeout=60, mem=MEM,
+              root="initramfs").run(
             guest_command(host.split("/")[0], blocks, PORT + 2 * n))
     except GuestFailed as e:
         # Counted as an incomplete run in the row's note, not hidden.

@@ -56,8 +56,11 @@ def main(argv=None):
         runs = {
             "plain UML boot": lambda: subprocess.run(plain_argv, stdout=subprocess.DEVNULL,
                                                      check=True),
-            "Guest().run('true')": lambda: Guest(kit=the_kit).run("true"),
-            "lguest run -- true": lambda: subprocess.run(
+            "Guest().run('true')": lambda: Guest(kit=the_kit, root="initramfs").run("true"),
+            "lguest run --root=initramfs -- true": lambda: subprocess.run(
+                [sys.executable, "-m", "lguest", "run", "--root=initramfs", "--", "true"],
+                check=True, cwd=root),
+            "lguest run -- true (host root)": lambda: subprocess.run(
                 [sys.executable, "-m", "lguest", "run", "--", "true"], check=True, cwd=root),
         }
         times = {name: [] for name in runs}
@@ -66,7 +69,7 @@ def main(argv=None):
                 times[name].append(timed(fn))
     print(f"median of {args.rounds} (seconds):")
     for name, values in times.items():
-        print(f"  {name:22} {statistics.median(values):6.2f}   "
+        print(f"  {name:36} {statistics.median(values):6.2f}   "
               f"(min {min(values):.2f}, max {max(values):.2f})")
     return 0
 

@@ -35,7 +35,7 @@ def one_run(the_kit, image, backend, size_mb):
         for word in data.decode().split():
             marks.setdefault(word, now)
 
-    r = Guest(block=[image], backend=backend, kit=the_kit, timeout=300).run(
+    r = Guest(block=[image], backend=backend, kit=the_kit, timeout=300, root="initramfs").run(
         SCRIPT.format(count=size_mb // 2), on_stdout=stamp)
     if r.returncode != 0 or set(marks) != {"start", "read", "written"}:
         raise SystemExit(f"{backend}: run failed: {r}")

@@ -1,6 +1,6 @@
 """The classic lguest command line: the seed's getopt_long options, then memory and kernel.
 
-    lguest [--verbose] [--tunnet=(<ipaddr>[:<macaddr>]|bridge:<bridgename>[:<macaddr>])]
+    lguest [--verbose] [--tunnet=(<ipaddr>[/<prefix>][:<macaddr>]|bridge:<bridgename>[:<macaddr>])]
            [--block=<filename>[,ro]] [--rng] [--initrd=<filename>] [--username=<name>]
            [--chroot=<dir>] [--backend=lguest|kvm|fake] [--lenient] <mem-in-mb> vmlinux [args...]
 
@@ -20,7 +20,7 @@ import sys
 import traceback
 
 from . import privileges
-from .config import DeviceSpec, LaunchConfig, format_mac, parse_block, parse_ip, parse_mac
+from .config import DeviceSpec, LaunchConfig, format_mac, parse_address, parse_block, parse_mac
 from .errors import GuestError, LauncherError
 
 BRIDGE_PFX = "bridge:"
@@ -28,11 +28,11 @@ IFNAMSIZ = 16
 BACKENDS = ("lguest", "kvm", "fake")
 LONG_OPTIONS = ["verbose", "tunnet=", "block=", "rng", "initrd=", "username=", "chroot=",
                 "help", "version", "backend=", "lenient"]
-USAGE = ("Usage: lguest [--verbose] [--tunnet=(<ipaddr>[:<macaddr>]|bridge:<bridgename>[:<macaddr>])"
+USAGE = ("Usage: lguest [--verbose] [--tunnet=(<ipaddr>[/<prefix>][:<macaddr>]|bridge:<bridgename>[:<macaddr>])"
          "|--block=<filename>[,ro]|--rng|--initrd=<filename>]... <mem-in-mb> vmlinux [args...]")
 OPTION_HELP = [
     ("-v, --verbose", "trace loading, PCI accesses, device status, queues and requests"),
-    ("--tunnet=<ip>[:<mac>]", "a network device on a new tap interface with this host address"),
+    ("--tunnet=<ip>[/<prefix>][:<mac>]", "a network device on a new tap interface with this host address"),
     ("--tunnet=bridge:<name>[:<mac>]", "... or with the tap interface added to a bridge"),
     ("--block=<file>[,ro]", "a block device backed by <file> (read-only with ,ro)"),
     ("--rng", "a random number generator device fed from /dev/urandom"),
@@ -64,7 +64,7 @@ def help_text():
 
 
 def parse_tunnet(arg):
-    #L:957 --tunnet=<ip>[:<mac>] or --tunnet=bridge:<name>[:<mac>], as setup_tun_net():
+    #L:957 --tunnet=<ip>[/<prefix>][:<mac>] or --tunnet=bridge:<name>[:<mac>], as setup_tun_net():
     # strip the "bridge:" prefix, then a MAC address may follow the first colon; what is
     # left is the host end's IP address, or the bridge to join.
     bridging = arg.startswith(BRIDGE_PFX)
@@ -78,8 +78,7 @@ def parse_tunnet(arg):
             raise LauncherError(f"bad bridge name '{name}'")
         spec.bridge = name
     else:
-        parse_ip(name)
-        spec.ip = name
+        spec.ip, spec.prefix = parse_address(name)      # IP or IP/PREFIX (L:952)
     return spec
 
 

@@ -9,6 +9,8 @@
   rule was broken, not just that something was.
 """
 
+from __future__ import annotations
+
 
 class LguestError(Exception):
     """Base of every error this library raises on purpose."""
@@ -25,14 +27,15 @@ class GuestError(LguestError):
     seed has one, e.g. "Looped descriptor"); `detail` adds the values involved.
     """
 
-    def __init__(self, rule, *, device=None, queue=None, detail=None):
+    def __init__(self, rule: str, *, device: str | None = None, queue: str | int | None = None,
+                 detail: str | None = None):
         self.rule = rule
         self.device = device
         self.queue = queue
         self.detail = detail
         super().__init__(rule)
 
-    def where(self, device=None, queue=None):
+    def where(self, device: str | None = None, queue: str | int | None = None) -> GuestError:
         """Fill in the device and queue names if a lower layer did not know them."""
         if self.device is None:
             self.device = device

@@ -10,6 +10,8 @@
 # check faults at once instead of quietly reading the launcher's own memory.
 """
 
+from __future__ import annotations
+
 import ctypes
 import mmap
 import struct
@@ -70,25 +72,27 @@ class Memory:
         """Return (buffer, offset) for [addr, addr+length), or raise GuestMemoryError."""
         raise NotImplementedError
 
-    def check(self, addr, length):
+    def check(self, addr: int, length: int) -> None:
         """check_pointer(): raise GuestMemoryError unless the whole range is guest memory."""
         self._locate(addr, length)
 
-    def views(self, addr, length):
+    def views(self, addr: int, length: int) -> list[memoryview]:
         """[addr, addr+length) as zero-copy views, one per piece of memory it spans.
         One mapping: one view. (vhost-user's regions split a range, L:231.)"""
         return [self.view(addr, length)]
 
-    def view(self, addr, length):
+    def view(self, addr: int, length: int) -> memoryview:
         """A zero-copy memoryview of guest memory (writes go straight to the guest)."""
         buf, off = self._locate(addr, length)
         return buf[off:off + length]
 
-    def read(self, addr, length):
+    def read(self, addr: int, length: int) -> bytes:
+        """A copy of [addr, addr+length) of guest memory."""
         buf, off = self._locate(addr, length)
         return bytes(buf[off:off + length])
 
-    def write(self, addr, data):
+    def write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
+        """Copy data into guest memory at addr."""
         buf, off = self._locate(addr, len(data))
         buf[off:off + len(data)] = data
 
@@ -100,14 +104,37 @@ class Memory:
         buf, off = self._locate(addr, fmt.size)
         store(buf, off, fmt, value)         # one store: rings are read as we write (L:105)
 
-    def read_u8(self, addr): return self._get(_U8, addr)
-    def read_u16(self, addr): return self._get(_U16, addr)
-    def read_u32(self, addr): return self._get(_U32, addr)
-    def read_u64(self, addr): return self._get(_U64, addr)
-    def write_u8(self, addr, v): self._put(_U8, addr, v)
-    def write_u16(self, addr, v): self._put(_U16, addr, v)
-    def write_u32(self, addr, v): self._put(_U32, addr, v)
-    def write_u64(self, addr, v): self._put(_U64, addr, v)
+    def read_u8(self, addr: int) -> int:
+        """The byte at addr."""
+        return self._get(_U8, addr)
+
+    def read_u16(self, addr: int) -> int:
+        """The little-endian u16 at addr."""
+        return self._get(_U16, addr)
+
+    def read_u32(self, addr: int) -> int:
+        """The little-endian u32 at addr."""
+        return self._get(_U32, addr)
+
+    def read_u64(self, addr: int) -> int:
+        """The little-endian u64 at addr."""
+        return self._get(_U64, addr)
+
+    def write_u8(self, addr: int, v: int) -> None:
+        """Store one byte at addr."""
+        self._put(_U8, addr, v)
+
+    def write_u16(self, addr: int, v: int) -> None:
+        """Store a little-endian u16 at addr, in one store."""
+        self._put(_U16, addr, v)
+
+    def write_u32(self, addr: int, v: int) -> None:
+        """Store a little-endian u32 at addr, in one store."""
+        self._put(_U32, addr, v)
+
+    def write_u64(self, addr: int, v: int) -> None:
+        """Store a little-endian u64 at addr, in one store."""
+        self._put(_U64, addr, v)
 
 
 def out_of_bounds(addr, length, limit):
@@ -118,7 +145,7 @@ def out_of_bounds(addr, length, limit):
 class GuestMemory(Memory):
     """One anonymous mapping of guest RAM with a PROT_NONE guard page on each side."""
 
-    def __init__(self, size):
+    def __init__(self, size: int):
         if size <= 0:
             raise LauncherError(f"guest memory size must be positive, not {size}")
         self.size = page_align_up(size)
@@ -145,17 +172,20 @@ class GuestMemory(Memory):
             raise GuestMemoryError("Invalid address", detail=f"{addr:#x}+{length:#x} outside {self.size:#x} bytes")
         return self._ram, addr
 
-    def to_guest_phys(self, host_address):
+    def to_guest_phys(self, host_address: int) -> int:
+        """The guest-physical address of a launcher address inside guest memory."""
         off = host_address - self.host_address
         if not 0 <= off <= self.size:
             raise ValueError(f"host address {host_address:#x} is not in guest memory")
         return off
 
-    def from_guest_phys(self, addr):
+    def from_guest_phys(self, addr: int) -> int:
+        """The launcher address of guest-physical addr."""
         self._locate(addr, 0)
         return self.host_address + addr
 
-    def close(self):
+    def close(self) -> None:
+        """Unmap guest memory (a second call does nothing)."""
         if self._map is None:
             return
         self._ram.release()

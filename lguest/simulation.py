@@ -5,6 +5,10 @@ that come out the same every time: the devices here keep their disk in a bytearr
 take their entropy from a counter (lguest.devices.inmemory), and they are served inline.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Iterable
+
 from .backends.fake import FakeBackend
 from .config import DeviceSpec
 from .devices.base import InlineRunner
@@ -14,6 +18,11 @@ from .host.factory import InMemoryResources, make_device
 from .launcher import run_guest
 from .memory import GuestMemory
 from .pci.bus import PciBus
+
+if TYPE_CHECKING:
+    from .backends.base import Exit
+    from .backends.fake import SimulatedGuest
+    from .devices.base import VirtioDevice
 
 SIMULATED_KINDS = ("console", "block", "rng")
 
@@ -35,8 +44,11 @@ def simulated_devices(kinds, sink=None):
     return [make_device(simulated_spec(kind), resources).device for kind in kinds]
 
 
-def simulate(kinds, *, mem_mb=8, seed=0, scenario=None, record=None, replay=None, log=None,
-             word_size=8, devices=None):
+def simulate(kinds: Iterable[str], *, mem_mb: int = 8, seed: int = 0,
+             scenario: Callable[[SimulatedGuest], str | None] | None = None,
+             record: list[dict] | None = None, replay: list[dict] | None = None,
+             log: Callable[[str], None] | None = None, word_size: int = 8,
+             devices: Iterable[VirtioDevice] | None = None) -> tuple[Exit, PciBus, FakeBackend]:
     """Run the fake backend on simulated devices; return (exit, bus, backend).
 
     devices: VirtioDevice objects to use instead of the simulated `kinds` (your own, or

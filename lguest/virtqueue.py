@@ -15,11 +15,14 @@
 # bounds-checked when they are made, so a device can never reach outside the guest.
 """
 
+from __future__ import annotations
+
 import _thread
 import struct
+from typing import Iterable
 
 from .errors import GuestError
-from .memory import store
+from .memory import Memory, store
 from .transport_rules import ring_alignment_problem
 from .virtio import (DESC_SIZE, F_RING_EVENT_IDX, F_RING_INDIRECT_DESC, MAX_QUEUE_SIZE,
                      USED_ELEM_SIZE, VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT,
@@ -75,24 +78,27 @@ class Chain:
 
     __slots__ = ("head", "readable", "writable")
 
-    def __init__(self, head, readable, writable):
+    def __init__(self, head: int, readable: list[memoryview],
+                 writable: list[memoryview]):
         self.head = head
         self.readable = readable    # list[memoryview]: driver -> device
         self.writable = writable    # list[memoryview]: device -> driver
 
     @property
-    def readable_len(self):
+    def readable_len(self) -> int:
+        """How many bytes the driver gave us to read."""
         return sum(len(b) for b in self.readable)
 
     @property
-    def writable_len(self):
+    def writable_len(self) -> int:
+        """How many bytes we may write back."""
         return sum(len(b) for b in self.writable)
 
-    def gather(self):
+    def gather(self) -> bytes:
         """All readable bytes, copied out (a convenience for small requests)."""
         return b"".join(self.readable)
 
-    def scatter(self, data, offset=0):
+    def scatter(self, data: bytes | bytearray | memoryview, offset: int = 0) -> int:
         """Copy data into the writable buffers from byte `offset` on; return the
         number of bytes that fitted (never more than the buffers hold)."""
         done = 0
@@ -117,8 +123,9 @@ class Virtqueue:
     """The device's half of one split ring. One thread at a time pops and pushes;
     queues share no mutable state, so each may have its own thread."""
 
-    def __init__(self, memory, size, desc, avail, used, *, features=0,
-                 name="vq", device="device", last_avail_idx=0):
+    def __init__(self, memory: Memory, size: int, desc: int, avail: int, used: int, *,
+                 features: int = 0, name: str = "vq", device: str = "device",
+                 last_avail_idx: int = 0):
         if not 0 < size <= MAX_QUEUE_SIZE:
             raise GuestError(RULE_QUEUE_SIZE, device=device, queue=name, detail=f"size {size}")
         self.memory = memory
@@ -164,7 +171,8 @@ class Virtqueue:
         self._signalled_used = self.used_idx
         self._bound = True
 
-    def check_enable(self):
+    def check_enable(self) -> None:
+        """Check the rings as the driver enables the queue; raise GuestError if bad."""
         self._check_alignment()
         self._bind()
         self._check_overlap()
@@ -174,7 +182,7 @@ class Virtqueue:
         if flags != 0:
             raise self._error(RULE_USED_FLAGS, f"{flags:#x}")
 
-    def check_layout(self):
+    def check_layout(self) -> None:
         """Alignment, and no part over another: every transport, at enable time."""
         self._check_alignment()
         self._check_overlap()
@@ -205,7 +213,8 @@ class Virtqueue:
     # wait_for_vq_desc() sleeps here; we only look, and the caller (a DeviceRunner)
     # does the waiting. A driver can only offer as many chains as the ring holds, so
     # an index that moved further than that is a broken driver.
-    def has_available(self):
+    def has_available(self) -> bool:
+        """True if the driver has offered a chain we have not popped yet."""
         if not self._bound:
             self._bind()
         return _U16.unpack_from(self._avail_buf, self._avail_off + 2)[0] != self.last_avail_idx
@@ -218,15 +227,16 @@ class Virtqueue:
     # once -- when the caller asks for rounds: the runners do (new_round(), L:315),
     # and go round again later if round_spent. A caller that never asks (a test
     # popping by hand) has no limit, as before.
-    def new_round(self):
+    def new_round(self) -> None:
+        """Start a round: pop() hands out at most `size` chains until the next one."""
         self._budget = self.size
 
     @property
-    def round_spent(self):
+    def round_spent(self) -> bool:
         """True if pop() stopped because of the budget, not because the ring was empty."""
         return self._budget == 0 and self.has_available()
 
-    def pop(self):
+    def pop(self) -> Chain | None:
         """Take the next available chain, or None. Raises GuestError for a bad one."""
         if not self._bound:
             self._bind()
@@ -352,7 +362,8 @@ class Virtqueue:
     # must be one store (L:105): struct's pack_into passes through 0, and a driver that
     # reads that 0 -- or finds it there after we were killed -- takes entries we never
     # wrote. The element may be packed: the driver reads no slot before the index.
-    def push(self, head, written):
+    def push(self, head: int, written: int) -> None:
+        """Give a chain back: its head and the bytes we wrote, then publish used.idx."""
         if not self._bound:
             self._bind()
         ubuf, uoff = self._used_buf, self._used_off
@@ -365,7 +376,7 @@ class Virtqueue:
         self.used_idx = idx
         self._pending_used += 1
 
-    def push_many(self, entries):
+    def push_many(self, entries: Iterable[tuple[int, int]]) -> None:
         """add_used() for a batch of (head, written): one used.idx update for all."""
         if not self._bound:
             self._bind()
@@ -399,7 +410,8 @@ class Virtqueue:
     # "MUST ignore the lower bit of flags" and interrupts when used.idx passes the
     # driver's used_event (L:265). We read after a full barrier, as vhost does: the
     # driver may set its flag just as we publish, and one of us must see the other.
-    def should_interrupt(self):
+    def should_interrupt(self) -> bool:
+        """Should the driver hear about what we used since last time?"""
         if not self._pending_used:
             return False
         self._pending_used = 0
@@ -427,7 +439,8 @@ class Virtqueue:
     # for it. The barrier orders our store before that second look. The driver reads
     # both words as we write them, so each is one store (L:105): an avail_event
     # passing through 0 would tell it not to kick.
-    def set_notifications(self, enabled):
+    def set_notifications(self, enabled: bool) -> None:
+        """Ask the driver for kicks (True) or tell it to spare them (False)."""
         if not self._bound:
             self._bind()
         ubuf, uoff = self._used_buf, self._used_off

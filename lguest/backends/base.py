@@ -16,10 +16,17 @@
 # writing this value" and answers it with complete().
 """
 
+from __future__ import annotations
+
 import abc
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..errors import LauncherError
+
+if TYPE_CHECKING:
+    from ..memory import GuestMemory
+    from ..pci.bus import PciBus
 
 # The two address spaces of bus.access(); the same strings as lguest.pci.bus.
 PIO = "pio"
@@ -74,37 +81,38 @@ class Backend(abc.ABC):
 
     name = "backend"
 
-    def attach_bus(self, bus):
+    def attach_bus(self, bus: PciBus) -> None:
         """Called once the devices exist: interrupts raised by the bus reach us.
         KVM overrides this to add ioeventfds and irqfds as well."""
         bus.irq_sink = self.interrupt
 
     @abc.abstractmethod
-    def initialize(self, memory, entry, *, mmio_limit=None, boot_params=0):
+    def initialize(self, memory: GuestMemory, entry: int, *, mmio_limit: int | None = None,
+                   boot_params: int = 0) -> None:
         """Give the backend the guest's memory (a GuestMemory), the entry point, the end
         of the device MMIO window (guest-physical) and where boot_params lie."""
 
     @abc.abstractmethod
-    def run(self):
+    def run(self) -> Exit:
         """Run the guest until it needs us: an IoExit, GuestDied or RebootRequested."""
 
     @abc.abstractmethod
-    def get_reg(self, name):
+    def get_reg(self, name: str) -> int:
         """A 32-bit register by its user_regs_struct name ("eax", "eip", "xcs" ...)."""
 
     @abc.abstractmethod
-    def set_reg(self, name, value):
+    def set_reg(self, name: str, value: int) -> None:
         """Set a register; only the general registers, eip and esp are settable."""
 
     @abc.abstractmethod
-    def interrupt(self, irq):
+    def interrupt(self, irq: int) -> None:
         """Raise interrupt line `irq` in the guest (delivered when it next runs)."""
 
-    def reinject(self, trap):
+    def reinject(self, trap: int) -> None:
         """Hand a trap the launcher could not emulate back to the guest."""
         raise LauncherError(f"the {self.name} backend cannot re-inject trap {trap}")
 
-    def close(self):
+    def close(self) -> None:
         """Release the vCPU and anything else; safe to call twice."""
 
     def __enter__(self):

@@ -17,10 +17,13 @@
 # ReplayGuest and compares the launcher's answers record by record.
 """
 
+from __future__ import annotations
+
 import queue
 import random
 import threading
 import traceback
+from typing import TYPE_CHECKING, Callable
 
 from .. import x86
 from ..errors import GuestError, LguestError
@@ -29,6 +32,10 @@ from .base import MMIO, GuestDied
 from .lguest_dev import LguestBackend
 from .lguest_model import GUEST_KERNEL_CS, Die, LguestKernelModel, Reboot, Trap
 from . import tracefile
+
+if TYPE_CHECKING:
+    from ..memory import GuestMemory
+    from .base import Exit
 
 TEXT_BASE = 0xC1000000      # where the simulated guest kernel's "code" lives
 USER_CS = 0x73              # ring 3: a guest process
@@ -266,8 +273,9 @@ class FakeBackend(LguestBackend):
 
     name = "fake"
 
-    def __init__(self, scenario=None, *, seed=0, log=None, word_size=8, record=None,
-                 replay=None):
+    def __init__(self, scenario: Callable[[SimulatedGuest], str | None] | None = None, *,
+                 seed: int = 0, log: Callable[[str], None] | None = None, word_size: int = 8,
+                 record: list[dict] | None = None, replay: list[dict] | None = None):
         """scenario: the simulated guest's program (default: L:570's driver tour).
         record: a list receiving trace records. replay: records to play back instead
         of simulating, checked against what this launcher answers."""
@@ -294,21 +302,22 @@ class FakeBackend(LguestBackend):
         memory = getattr(self.guest, "memory", None)
         return memory.take_writes() if isinstance(memory, TrackingMemory) else []
 
-    def initialize(self, memory, entry, *, mmio_limit=None, boot_params=0):
+    def initialize(self, memory: GuestMemory, entry: int, *, mmio_limit: int | None = None,
+                   boot_params: int = 0) -> None:
         if isinstance(self.guest, SimulatedGuest):
             self.guest.memory = TrackingMemory(memory)
         else:
             self.guest.memory = memory
         super().initialize(memory, entry, mmio_limit=mmio_limit, boot_params=boot_params)
 
-    def run(self):
+    def run(self) -> Exit:
         exit_ = super().run()
         if isinstance(exit_, GuestDied) and isinstance(self.guest, SimulatedGuest) \
                 and self.guest.outcome is not None:
             exit_.status = self.guest.outcome[0]
         return exit_
 
-    def close(self):
+    def close(self) -> None:
         if isinstance(self.guest, SimulatedGuest):
             self.guest.stop()
         super().close()

@@ -14,14 +14,21 @@
 # or to the in-process model of lguest_user.c (L:530) in both word sizes.
 """
 
+from __future__ import annotations
+
 import errno
 import os
 import struct
 import sys
+from typing import TYPE_CHECKING, Callable
 
 from ..errors import LauncherError
 from .. import x86
 from .base import MMIO, PIO, Backend, GuestDied, IoExit, RebootRequested
+
+if TYPE_CHECKING:
+    from ..memory import GuestMemory
+    from .base import Exit
 
 from .lguest_abi import (DEVICE_PATH, ERESTART, LGUEST_IRQS, LHREQ_BREAK,  # noqa: F401
                          LHREQ_EVENTFD, LHREQ_GETDMA, LHREQ_GETREG, LHREQ_INITIALIZE,
@@ -73,7 +80,8 @@ class LguestBackend(Backend):
             raise LauncherError(f"cannot open {path}: {e.strerror} (the lguest module"
                                 " is needed: Linux dropped lguest in 4.14)") from e
 
-    def record_to(self, sink, memory_writes=None):
+    def record_to(self, sink: Callable[[dict], None],
+                  memory_writes: Callable[[], list] | None = None) -> None:
         """Record this run as a trap stream (L:560): every finished record goes to
         `sink`. Call before initialize() so the stream starts at LHREQ_INITIALIZE."""
         from .tracefile import Recorder
@@ -89,7 +97,8 @@ class LguestBackend(Backend):
         except OSError as e:
             raise LauncherError(f"{what}: {e.strerror}") from e
 
-    def initialize(self, memory, entry, *, mmio_limit=None, boot_params=0):
+    def initialize(self, memory: GuestMemory, entry: int, *, mmio_limit: int | None = None,
+                   boot_params: int = 0) -> None:
         #L:521 tell_kernel(): the base of guest "physical" memory in our address space,
         # the top page the guest may use, its entry point, and the page past the MMIO
         # window (the guest gets a page fault, trap 14, for any access up to there).
@@ -99,7 +108,7 @@ class LguestBackend(Backend):
                       memory.size // PAGE_SIZE, entry,
                       (mmio_limit + PAGE_SIZE - 1) // PAGE_SIZE)
 
-    def get_reg(self, name):
+    def get_reg(self, name: str) -> int:
         # GETREG, then a read that returns the register instead of running the guest.
         try:
             self._pwrite(self.fd, self._getreg_requests[name], self.cpu_id)
@@ -112,7 +121,7 @@ class LguestBackend(Backend):
                                 f"got {len(data)} bytes")
         return int.from_bytes(data, "little") & 0xFFFFFFFF
 
-    def set_reg(self, name, value):
+    def set_reg(self, name: str, value: int) -> None:
         offset = x86.USER_REGS_OFFSETS[name]
         request = self._setreg_words.pack(LHREQ_SETREG, offset, value & 0xFFFFFFFF)
         try:
@@ -120,7 +129,7 @@ class LguestBackend(Backend):
         except OSError as e:
             raise LauncherError(f"Setting register {offset}: {e.strerror}") from e
 
-    def interrupt(self, irq):
+    def interrupt(self, irq: int) -> None:
         #L:528 A device thread may finish a request after the guest has died or asked
         # to reboot, before the launcher has stopped the threads: the kernel then
         # refuses every request but read() with ENOENT ("Once the Guest is dead, you
@@ -135,10 +144,10 @@ class LguestBackend(Backend):
             if getattr(e.__cause__, "errno", None) != errno.ENOENT:
                 raise
 
-    def reinject(self, trap):
+    def reinject(self, trap: int) -> None:
         self._request(f"Reinjecting trap {trap}", LHREQ_TRAP, trap)
 
-    def close(self):
+    def close(self) -> None:
         if getattr(self, "recorder", None) is not None:
             self.recorder.finish()
             self.recorder = None
@@ -147,7 +156,7 @@ class LguestBackend(Backend):
             self.fd = None
 
     # -- running -------------------------------------------------------------------
-    def run(self):
+    def run(self) -> Exit:
         #L:522 run_guest(): read to run the guest. A trap we emulate entirely
         # ourselves (cli, or one we hand back) never reaches the launcher: we just
         # run again, as the seed's loop did.

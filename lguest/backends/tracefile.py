@@ -36,16 +36,22 @@
 # mistakes a vhost-user stream for one. A path ending in ".gz" is gzip'd.
 """
 
+from __future__ import annotations
+
 import errno
 import gzip
 import io
 import json
 import struct
+from typing import TYPE_CHECKING, Iterable
 
 from .. import x86
 from .lguest_abi import (ERESTART, LHREQ_GETREG, LHREQ_INITIALIZE, LHREQ_IRQ, LHREQ_SETREG,
                          LHREQ_TRAP, PENDING)
 from .lguest_model import Die, Reboot, Trap
+
+if TYPE_CHECKING:
+    from os import PathLike
 
 FORMAT = "lguest-trace"
 VERSION = 1
@@ -75,7 +81,8 @@ def _open(path, mode):
     return open(path, mode, encoding="utf-8")
 
 
-def write_trace(path, header, records, *, kind="trap"):
+def write_trace(path: str | PathLike[str], header: dict, records: Iterable[dict], *,
+                kind: str = "trap") -> None:
     """Write a version-1 stream: a JSON header line, then one JSON line per record."""
     header = dict(header, format=FORMAT, version=VERSION)
     if kind != "trap":
@@ -86,7 +93,7 @@ def write_trace(path, header, records, *, kind="trap"):
             f.write(json.dumps(record, separators=(",", ":")) + "\n")
 
 
-def read_trace(path, *, kind="trap"):
+def read_trace(path: str | PathLike[str], *, kind: str = "trap") -> tuple[dict, list[dict]]:
     """(header, records) of a version-1 stream of `kind`, or TraceError saying what is wrong."""
     try:
         with _open(path, "r") as f:

@@ -12,7 +12,14 @@
 # process(), and on which thread, is a DeviceRunner's business (see L:310).
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Iterable
+
 from ..errors import GuestError
+
+if TYPE_CHECKING:
+    from ..virtqueue import Virtqueue
 
 
 class VirtioDevice:
@@ -27,7 +34,7 @@ class VirtioDevice:
     # hangs its guest at boot (L:205); more than that bounds nothing useful.
     vhost_user_queue_max_size = 1024
 
-    def __init__(self, name=None):
+    def __init__(self, name: str | None = None):
         self.name = name or type(self).__name__.lower()
         self.features = 0               # device-specific and ring features offered
         self.config = bytearray()       # device-specific config space, little-endian
@@ -37,17 +44,19 @@ class VirtioDevice:
         self.on_config_change = None    # set by the transport: raise a config interrupt
 
     # -- configuration space ------------------------------------------------------
-    def read_config(self, offset, size):
+    def read_config(self, offset: int, size: int) -> int:
+        """The driver reads `size` bytes of device config at `offset`."""
         if offset < 0 or size <= 0 or offset + size > len(self.config):
             raise GuestError("config read past end", device=self.name,
                              detail=f"offset {offset} size {size} of {len(self.config)}")
         return int.from_bytes(self.config[offset:offset + size], "little")
 
-    def write_config(self, offset, size, value):
+    def write_config(self, offset: int, size: int, value: int) -> None:
+        """The driver writes device config (read-only unless a device says otherwise)."""
         raise GuestError("write to read-only device config", device=self.name,
                          detail=f"offset {offset} size {size}")
 
-    def update_config(self, new_bytes):
+    def update_config(self, new_bytes: bytes | bytearray) -> None:
         """The host changed the config: bump the generation and tell the driver."""
         self.config[:] = new_bytes
         self.config_generation = (self.config_generation + 1) & 0xFF
@@ -55,22 +64,22 @@ class VirtioDevice:
             self.on_config_change()
 
     # -- life cycle -----------------------------------------------------------------
-    def activate(self, queues, negotiated):
+    def activate(self, queues: Iterable[Virtqueue | None], negotiated: int) -> None:
         """The driver said DRIVER_OK (or a vhost-user front-end started the rings)."""
         self.queues = list(queues)
         self.negotiated = negotiated
 
-    def process(self, queue_index):
+    def process(self, queue_index: int) -> bool:
         """Serve what is available on one queue. Return True if any buffer was used
         (the runner then asks the queue whether the guest wants an interrupt)."""
         return False
 
-    def reset(self):
+    def reset(self) -> None:
         """Forget the queues and negotiated features; keep host resources open."""
         self.queues = []
         self.negotiated = 0
 
-    def close(self):
+    def close(self) -> None:
         """Release host resources for good (the launcher is exiting)."""
 
 
@@ -81,13 +90,16 @@ class VirtioDevice:
 class DeviceRunner:
     """Drives a device's process() calls on behalf of a transport."""
 
-    def start(self, device, interrupt):
+    def start(self, device: VirtioDevice, interrupt: Callable[[int], None]) -> None:
+        """The device went live; `interrupt(queue_index)` signals the guest."""
         raise NotImplementedError
 
-    def kick(self, queue_index):
+    def kick(self, queue_index: int) -> None:
+        """The guest kicked a queue."""
         raise NotImplementedError
 
-    def stop(self):
+    def stop(self) -> None:
+        """The device was reset: call process() no more."""
         raise NotImplementedError
 
 
@@ -99,16 +111,19 @@ class InlineRunner(DeviceRunner):
         self.device = None
         self.interrupt = None
 
-    def start(self, device, interrupt):
+    def start(self, device: VirtioDevice, interrupt: Callable[[int], None]) -> None:
+        """The device went live: serve its kicks from now on."""
         self.device = device
         self.interrupt = interrupt
 
-    def kick(self, queue_index):
+    def kick(self, queue_index: int) -> None:
+        """Serve the kicked queue at once (nothing if the device is not live)."""
         if self.device is None:
             return
         self.serve(queue_index)
 
-    def serve(self, queue_index):
+    def serve(self, queue_index: int) -> None:
+        """One round of process() on a queue, and its interrupt if the guest wants one."""
         queue = self.device.queues[queue_index]
         if queue is not None:
             queue.new_round()       # one notify, at most one ring's worth (L:221)
@@ -116,7 +131,8 @@ class InlineRunner(DeviceRunner):
             if queue is not None and queue.should_interrupt():
                 self.interrupt(queue_index)
 
-    def stop(self):
+    def stop(self) -> None:
+        """Forget the device: later kicks do nothing."""
         self.device = None
         self.interrupt = None
 

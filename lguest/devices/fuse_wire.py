@@ -35,10 +35,14 @@ OPCODE_NAMES = {v: k for k, v in list(globals().items())
 ASYNC_READ = 1 << 0
 ATOMIC_O_TRUNC = 1 << 3
 BIG_WRITES = 1 << 5
+AUTO_INVAL_DATA = 1 << 12
 DO_READDIRPLUS = 1 << 13
 READDIRPLUS_AUTO = 1 << 14
 PARALLEL_DIROPS = 1 << 18
 MAX_PAGES = 1 << 22
+# fuse_open_out.open_flags
+FOPEN_KEEP_CACHE = 1 << 1
+FOPEN_NOFLUSH = 1 << 5
 
 # SETATTR valid bits.
 FATTR_MODE, FATTR_UID, FATTR_GID, FATTR_SIZE = 1, 2, 4, 8
@@ -111,6 +115,12 @@ def pack_entry(nodeid, st, valid):
     """struct fuse_entry_out: a node id, its attributes, and how long both hold."""
     secs, nsecs = int(valid), int((valid % 1) * 1e9)
     return ENTRY_OUT_HEAD.pack(nodeid, 0, secs, secs, nsecs, nsecs) + pack_attr(st)
+
+
+def pack_negative_entry(valid):
+    """A LOOKUP's "no such name" the guest may cache for `valid` seconds (node id 0)."""
+    secs, nsecs = int(valid), int((valid % 1) * 1e9)
+    return ENTRY_OUT_HEAD.pack(0, 0, secs, 0, nsecs, 0) + bytes(ATTR.size)
 
 
 def pack_attr_out(st, valid):

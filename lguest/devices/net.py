@@ -15,7 +15,7 @@
 import logging
 import struct
 
-from ..config import parse_mac
+from ..config import NET_MAX_QUEUE_PAIRS, parse_mac
 from ..errors import GuestError
 from ..virtio import F_RING_INDIRECT_DESC, ID_NET, VNET_HDR_SIZE, bit
 from .base import VirtioDevice, give_back, iov_skip
@@ -33,13 +33,23 @@ F_HOST_TSO4 = 11
 F_HOST_TSO6 = 12
 F_HOST_ECN = 13
 F_MRG_RXBUF = 15
+F_CTRL_VQ = 17
+F_MQ = 22
 
 NUM_BUFFERS_OFFSET = 10
 
 # struct virtio_net_config as the seed knew it: mac[6], u16 status, u16 max_virtqueue_pairs.
 CONFIG_SIZE = 10
+CONFIG_MAX_PAIRS = 8
 
 RX, TX = 0, 1
+
+# 5.1.6.5: the control queue. A command is struct virtio_net_ctrl_hdr {u8 class; u8 cmd},
+# its data, then one device-writable ack byte.
+CTRL_MQ, CTRL_MQ_VQ_PAIRS_SET = 4, 0
+CTRL_OK, CTRL_ERR = 0, 1
+CTRL_COMMAND_MAX = 64          # we read at most this much of a command (ours are 4 bytes)
+MAX_QUEUE_PAIRS = NET_MAX_QUEUE_PAIRS   # what we accept for queue pairs (a tap queue each)
 
 #L:381 Expect the Guest to handle everything except UFO, and we handle indirect
 # ring entries: the seed's feature list. The MAC feature only if a MAC was given.
@@ -49,40 +59,147 @@ SEED_FEATURES = (bit(F_CSUM) | bit(F_GUEST_CSUM) | bit(F_GUEST_TSO4) | bit(F_GUE
 
 
 class NetDevice(VirtioDevice):
-    """virtio-net over an injected tap, one rx/tx pair."""
+    """virtio-net over an injected tap, one rx/tx pair; or, given a list of taps (one
+    queue of a multi-queue tap each), that many pairs and a control queue."""
 
     device_id = ID_NET
     queue_names = ("rx", "tx")
 
     def __init__(self, tap, *, mac=None, name="net"):
         super().__init__(name)
-        self.tap = tap
+        self.taps = list(tap) if isinstance(tap, (list, tuple)) else [tap]
+        self.tap = self.taps[0]
+        self.queue_pairs = len(self.taps)
+        if not 1 <= self.queue_pairs <= MAX_QUEUE_PAIRS:
+            raise ValueError(f"queue pairs must be 1..{MAX_QUEUE_PAIRS}, not {self.queue_pairs}")
         self.features = SEED_FEATURES
         self.config = bytearray(CONFIG_SIZE)
         if mac is not None:
             self.config[0:6] = parse_mac(mac) if isinstance(mac, str) else bytes(mac)
             self.features |= bit(F_MAC)
-        self.stats = {"rx": 0, "tx": 0, "tx_errors": 0, "rx_errors": 0}
+        #L:385 Multiqueue (5.1.5, VIRTIO_NET_F_MQ): pairs rx0, tx0, rx1, tx1, ..., then
+        # the control queue, through which the driver says how many pairs it uses
+        # (MQ_VQ_PAIRS_SET; until then, one). Each pair has its own tap queue; the tap
+        # spreads the host's flows over the queues attached, so a pair the driver does
+        # not use has its tap queue detached, or frames would wait there for ever.
+        # One pair keeps the seed's layout (no control queue, no MQ), over PCI too.
+        # Seen here: UML's virtio_uml sets up every ring and sends MQ_VQ_PAIRS_SET 1 (it
+        # has one CPU); QEMU 7.2 -smp 2 (-netdev vhost-user,queues=2, mq=on) keeps the
+        # control queue for itself, and its guest's frames used both pairs.
+        self.ctrl_index = None
+        # Set by a threaded runner: wake_queue(qi) makes that queue's thread look again.
+        # A pair turned on may already hold rx buffers, and the driver need not kick.
+        self.wake_queue = None
+        self.active_pairs = 1
+        self._ctrl_was_live = False
+        self._attached = [True] * self.queue_pairs
+        if self.queue_pairs > 1:
+            self.queue_names = tuple(f"{kind}{i}" for i in range(self.queue_pairs)
+                                     for kind in ("rx", "tx")) + ("ctrl",)
+            self.ctrl_index = 2 * self.queue_pairs
+            self.features |= bit(F_CTRL_VQ) | bit(F_MQ)
+            struct.pack_into("<H", self.config, CONFIG_MAX_PAIRS, self.queue_pairs)
+        # rx_waits: how often a frame was waiting in the tap while the guest had no rx
+        # buffer for it. Such a frame is not dropped: it stays in the tap's queue (the
+        # kernel's, tx_queue_len frames, 1000 here; past that the tap drops and counts
+        # tx_dropped) until buffers come (scripts/net-boot-loss reads both counts).
+        self.stats = {"rx": 0, "tx": 0, "tx_errors": 0, "rx_errors": 0, "rx_waits": 0,
+                      "ctrl": 0, "pairs_set": None}
+
+    @property
+    def vhost_queue_num(self):
+        """GET_QUEUE_NUM's answer: for net, QEMU (and DPDK) count queue pairs."""
+        return self.queue_pairs
 
     def process(self, queue_index):
         try:
-            if queue_index == TX:
-                return self.transmit()
-            return self.receive()
+            if queue_index == self.ctrl_index:
+                return self.control()
+            pair, kind = divmod(queue_index, 2)
+            if kind == TX:
+                return self.transmit(pair)
+            return self.receive(pair)
         except GuestError as e:
             raise e.where(self.name, self.queue_names[queue_index])
 
-    def transmit(self):
+    # -- which pairs are in use --------------------------------------------------------
+    def activate(self, queues, negotiated):
+        super().activate(queues, negotiated)
+        if self.ctrl_index is None:
+            return
+        # A front-end that serves the control queue itself (QEMU) turns pairs on and
+        # off with SET_VRING_ENABLE: the rings we are given are the pairs in use. When
+        # the control queue is ours (virtio_uml), the driver starts on one pair and
+        # says when it wants more; a ring restart keeps what it said.
+        ctrl_live = self.queues[self.ctrl_index] is not None
+        if ctrl_live and not self._ctrl_was_live:
+            self.active_pairs = 1
+        self._ctrl_was_live = ctrl_live
+        self._attach_taps()
+
+    def pair_in_use(self, pair):
+        if pair >= len(self.queues) // 2 or self.queues[2 * pair] is None:
+            return False
+        ctrl_live = self.ctrl_index is not None and self.queues[self.ctrl_index] is not None
+        return pair < self.active_pairs or not ctrl_live
+
+    def _attach_taps(self):
+        # Pair 0 is always in use (5.1.6.5.5), and its tap queue always attached.
+        for pair in range(1, self.queue_pairs):
+            want = self.pair_in_use(pair)
+            if want != self._attached[pair]:
+                if hasattr(self.taps[pair], "set_attached"):
+                    self.taps[pair].set_attached(want)
+                if want and self.wake_queue is not None:
+                    self.wake_queue(2 * pair + RX)
+            self._attached[pair] = want
+
+    def control(self):
+        #L:386 The control queue: each command answered with an ack byte. Only the
+        # multiqueue class is ours; any other (we offer none of their features) is
+        # answered VIRTIO_NET_ERR, as QEMU does, rather than stopping the queue.
+        queue = self.queues[self.ctrl_index]
+        used = False
+        while (chain := queue.pop()) is not None:
+            ack = next((v for v in chain.writable if v.nbytes), None)
+            if ack is None:
+                raise GuestError("control command without an ack byte")
+            command = _gather(chain.readable, CTRL_COMMAND_MAX)
+            ack[:1] = bytes([self.command(command)])
+            queue.push(chain.head, 1)
+            used = True
+        return used
+
+    def command(self, data):
+        self.stats["ctrl"] += 1
+        if len(data) < 2 or (data[0], data[1]) != (CTRL_MQ, CTRL_MQ_VQ_PAIRS_SET):
+            return CTRL_ERR
+        if not self.negotiated & bit(F_MQ) or len(data) < 4:
+            return CTRL_ERR
+        pairs = struct.unpack_from("<H", data, 2)[0]
+        if not 1 <= pairs <= self.queue_pairs:
+            log.warning("%s: driver asked for %d queue pairs (of %d)", self.name, pairs,
+                        self.queue_pairs)
+            return CTRL_ERR
+        self.active_pairs = pairs
+        self.stats["pairs_set"] = pairs
+        log.info("%s: the driver uses %d of %d queue pairs", self.name, pairs, self.queue_pairs)
+        self._attach_taps()
+        return CTRL_OK
+
+    # -- frames ------------------------------------------------------------------------
+    def transmit(self, pair=0):
         #L:382 Output: send the whole chain through to the tap with one writev, header
         # and all. A failed write is the host's trouble: warn, and still give the
         # buffer back (a lost frame is what a real network does too).
-        queue = self.queues[TX]
+        queue = self.queues[2 * pair + TX]
+        tap = self.taps[pair]
         used = False
         while (chain := queue.pop()) is not None:
             if chain.writable:
                 raise GuestError("Input buffers in net output queue?")
             try:
-                self.tap.writev(chain.readable)
+                tap.writev(chain.readable)
                 self.stats["tx"] += 1
             except OSError as e:
                 self.stats["tx_errors"] += 1
@@ -92,26 +209,30 @@ class NetDevice(VirtioDevice):
         return used
 
     def wants_host_input(self, queue_index):
-        """The runner waits for the tap only while the guest has rx buffers for it."""
-        if queue_index != RX or not self.queues or self.queues[RX] is None:
+        """The runner waits for the tap only while the guest has rx buffers for it
+        (and, with several pairs, uses that pair)."""
+        pair, kind = divmod(queue_index, 2)
+        if queue_index == self.ctrl_index or kind != RX or not self.pair_in_use(pair):
             return False
-        return self.queues[RX].has_available()
+        return self.queues[queue_index].has_available()
 
-    def receive(self):
+    def receive(self, pair=0):
         #L:383 Input is where the seed optimised: take frames from the tap into rx
         # buffers for as long as the tap has some, and only then let the runner
         # interrupt the guest (it asks the queue once process() returns): "if it
         # looks like we'll block reading from the tun device, send them an
         # interrupt". So a burst of frames costs the guest one interrupt.
-        queue = self.queues[RX]
+        queue = self.queues[2 * pair + RX]
+        tap = self.taps[pair]
         used = False
-        while not self.tap.will_block():
+        while not tap.will_block():
             chain = queue.pop()
             if chain is None:
+                self.stats["rx_waits"] += 1
                 break
             if chain.readable:
                 raise GuestError("Output buffers in net input queue?")
-            n = self.read_frame(chain.writable)
+            n = self.read_frame(chain.writable, tap)
             if n is None:
                 give_back(queue)
                 break
@@ -119,9 +240,9 @@ class NetDevice(VirtioDevice):
             used = True
         return used
 
-    def read_frame(self, views):
+    def read_frame(self, views, tap=None):
         try:
-            n = self.tap.readv(views)
+            n = (tap or self.tap).readv(views)
         except BlockingIOError:
             return None
         except OSError as e:
@@ -139,6 +260,16 @@ class NetDevice(VirtioDevice):
             set_num_buffers(views, 1)
         self.stats["rx"] += 1
         return n
+
+
+def _gather(views, limit):
+    """The first `limit` bytes of some buffers, copied."""
+    data = bytearray()
+    for v in views:
+        data += v[:limit - len(data)]
+        if len(data) >= limit:
+            break
+    return bytes(data)
 
 
 def set_num_buffers(views, count):

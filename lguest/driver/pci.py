@@ -12,6 +12,10 @@
 # enabled last, and DRIVER_OK. The rings themselves are L:280.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Sequence
+
 from ..pci.bus import MMIO, PCI_CONFIG_ADDR, PCI_CONFIG_DATA, PIO
 from ..pci.config import (FIELDS, PCI_CAP_ID_VNDR, PCI_STATUS_CAP_LIST,
                           PCI_VENDOR_ID_REDHAT_QUMRANET, VIRTIO_PCI_CAP_COMMON_CFG,
@@ -21,6 +25,10 @@ from ..pci.transport import REG
 from ..virtio import (F_VERSION_1, STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK,
                       STATUS_FEATURES_OK, bit)
 from .vring import DriverError, DriverQueue
+
+if TYPE_CHECKING:
+    from ..memory import Memory
+    from .vring import GuestAllocator
 
 MODERN_DEVICE_IDS = range(0x1040, 0x1080)   # virtio_pci_modern_probe(): 0x1040 + type
 MAX_SLOTS = 32
@@ -49,13 +57,14 @@ class PciConfigAccess:
 class VirtioPciDriver:
     """Finds the virtio devices on bus 0 and hands out a DeviceHandle for each."""
 
-    def __init__(self, io, memory, allocator):
+    def __init__(self, io: Callable[..., int], memory: Memory, allocator: GuestAllocator):
         self.io = io
         self.memory = memory
         self.allocator = allocator
         self.config = PciConfigAccess(io)
 
-    def probe(self, bus=0):
+    def probe(self, bus: int = 0) -> list[DeviceHandle]:
+        """Enumerate the bus: a DeviceHandle for each modern virtio device found."""
         handles = []
         for slot in range(MAX_SLOTS):
             ids = self.config.read(bus, slot, 0, 4)
@@ -71,7 +80,7 @@ class VirtioPciDriver:
 class DeviceHandle:
     """One virtio-PCI device, as virtio_pci_modern and virtio core drive it."""
 
-    def __init__(self, driver, bus, slot, device_type):
+    def __init__(self, driver: VirtioPciDriver, bus: int, slot: int, device_type: int):
         self.driver, self.io, self.memory = driver, driver.io, driver.memory
         self.bus, self.slot, self.device_type = bus, slot, device_type
         self.queues = []
@@ -82,10 +91,12 @@ class DeviceHandle:
         self.caps = self._find_capabilities()
         self._map_regions()
 
-    def cfg_read(self, offset, size):
+    def cfg_read(self, offset: int, size: int) -> int:
+        """Read the device's PCI config space through 0xCF8/0xCFC."""
         return self.driver.config.read(self.bus, self.slot, offset, size)
 
-    def cfg_write(self, offset, size, value):
+    def cfg_write(self, offset: int, size: int, value: int) -> None:
+        """Write the device's PCI config space through 0xCF8/0xCFC."""
         self.driver.config.write(self.bus, self.slot, offset, size, value)
 
     #L:441 __pci_read_base(): "PCI uses a weird way to determine the BAR size"
@@ -145,24 +156,29 @@ class DeviceHandle:
         self.device_cfg_len = device["length"] if device else 0
 
     # -- raw registers (tests may misbehave through these) ----------------------------
-    def read_common(self, name, size=None):
+    def read_common(self, name: str, size: int | None = None) -> int:
+        """Read a common-config register by name (its natural width unless `size`)."""
         off, natural = REG[name]
         return self.io(MMIO, self.common + off, size or natural, False)
 
-    def write_common(self, name, value, size=None):
+    def write_common(self, name: str, value: int, size: int | None = None) -> None:
+        """Write a common-config register by name (its natural width unless `size`)."""
         off, natural = REG[name]
         self.io(MMIO, self.common + off, size or natural, True, value)
 
-    def mmio_read(self, off, size):
+    def mmio_read(self, off: int, size: int) -> int:
+        """Read `size` bytes at offset `off` of BAR0."""
         return self.io(MMIO, self.bar0 + off, size, False)
 
-    def mmio_write(self, off, size, value):
+    def mmio_write(self, off: int, size: int, value: int) -> None:
+        """Write `size` bytes at offset `off` of BAR0."""
         self.io(MMIO, self.bar0 + off, size, True, value)
 
-    def get_status(self):
+    def get_status(self) -> int:
+        """The device_status register."""
         return self.read_common("device_status")
 
-    def add_status(self, status_bit):
+    def add_status(self, status_bit: int) -> None:
         """virtio_add_status(): read, OR in the bit, write back."""
         self.write_common("device_status", self.get_status() | status_bit)
 
@@ -170,7 +186,8 @@ class DeviceHandle:
     # back 0 ("Flush out the status write, and flush in device writes, including
     # MSI-X interrupts, if any"). Our device resets at once; a device that did not
     # would be a bug we want to see, so we read only a bounded number of times.
-    def reset(self):
+    def reset(self) -> None:
+        """vp_reset(): write 0 to device_status and wait until it reads back 0."""
         self.write_common("device_status", 0)
         for _ in range(100):
             if self.get_status() == 0:
@@ -179,7 +196,8 @@ class DeviceHandle:
             raise DriverError(f"slot {self.slot}: device status stays non-zero after reset")
         self.queues, self.notify_addrs, self.features = [], [], 0
 
-    def device_features(self):
+    def device_features(self) -> int:
+        """All 64 feature bits the device offers."""
         self.write_common("device_feature_select", 0)
         low = self.read_common("device_feature")
         self.write_common("device_feature_select", 1)
@@ -189,7 +207,8 @@ class DeviceHandle:
     # features, accept a subset (all we are offered unless told otherwise), write both
     # halves, FEATURES_OK, and read the status back (virtio_features_ok(): "device
     # refuses features"). A modern device must offer VERSION_1.
-    def negotiate(self, features=None, *, force=False):
+    def negotiate(self, features: int | None = None, *, force: bool = False) -> int:
+        """Reset and negotiate up to FEATURES_OK; return the features accepted."""
         self.reset()
         self.add_status(STATUS_ACKNOWLEDGE)
         self.add_status(STATUS_DRIVER)
@@ -214,7 +233,8 @@ class DeviceHandle:
     # vp_iowrite64_twopart), and find its notify address from queue_notify_off and
     # notify_off_multiplier. "Select and activate all queues. Has to be done last:
     # once we do this, there's no way to go back except reset."
-    def setup_queues(self, sizes=None):
+    def setup_queues(self, sizes: Sequence[int] | None = None) -> list[DriverQueue | None]:
+        """Lay out and enable every queue the device has (None where it has none)."""
         count = self.read_common("num_queues")
         for qi in range(count):
             self.write_common("queue_select", qi)
@@ -243,25 +263,28 @@ class DeviceHandle:
                 self.write_common("queue_enable", 1)
         return self.queues
 
-    def driver_ok(self):
+    def driver_ok(self) -> None:
         """virtio_device_ready(): the device is live."""
         self.add_status(STATUS_DRIVER_OK)
 
-    def queue(self, qi):
+    def queue(self, qi: int) -> DriverQueue | None:
+        """The driver's half of queue `qi`."""
         return self.queues[qi]
 
     #L:446 vp_notify(): write the queue's index to its notify address, but only if
     # virtqueue_kick_prepare() says the device wants to hear (L:291).
-    def kick(self, qi):
+    def kick(self, qi: int) -> bool:
+        """Notify the device of queue `qi` if it wants to hear; True if we did."""
         if self.queues[qi].kick_prepare():
             self.notify(qi)
             return True
         return False
 
-    def notify(self, qi):
+    def notify(self, qi: int) -> None:
+        """Write queue `qi`'s index to its notify address, unconditionally."""
         self.io(MMIO, self.notify_addrs[qi], 2, True, qi)
 
-    def ack_interrupt(self):
+    def ack_interrupt(self) -> int:
         """vp_interrupt(): reading the ISR acknowledges the interrupt and clears it."""
         return self.io(MMIO, self.isr, 1, False)
 
@@ -269,7 +292,8 @@ class DeviceHandle:
     # field, and the generation again, until the two agree, so a multi-part value is
     # never torn by a change in between. Fields of 1, 2 and 4 bytes take one access of
     # their width, 8 bytes two 32-bit ones (vp_get()), anything else bytes.
-    def read_config(self, off, size, *, max_tries=16):
+    def read_config(self, off: int, size: int, *, max_tries: int = 16) -> int:
+        """A device-config field, read until config_generation holds still."""
         for _ in range(max_tries):
             before = self.read_common("config_generation")
             value = self._read_config_once(off, size)
@@ -289,7 +313,8 @@ class DeviceHandle:
         return int.from_bytes(bytes(self.io(MMIO, addr + i, 1, False) for i in range(size)),
                               "little")
 
-    def write_config(self, off, size, value):
+    def write_config(self, off: int, size: int, value: int) -> None:
+        """Write a device-config field."""
         if self.device_cfg is None:
             raise DriverError(f"slot {self.slot}: device has no config")
         self.io(MMIO, self.device_cfg + off, size, True, value)
@@ -303,8 +328,10 @@ class DeviceHandle:
         self.cfg_write(pos + 12, 4, length)
         return pos + 16
 
-    def window_read(self, off, length):
+    def window_read(self, off: int, length: int) -> int:
+        """Read BAR0 through the PCI_CFG capability's window."""
         return self.cfg_read(self._window_setup(off, length), 4) & ((1 << (8 * length)) - 1)
 
-    def window_write(self, off, length, value):
+    def window_write(self, off: int, length: int, value: int) -> None:
+        """Write BAR0 through the PCI_CFG capability's window."""
         self.cfg_write(self._window_setup(off, length), 4, value)

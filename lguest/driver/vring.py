@@ -10,13 +10,19 @@
 # takes used buffers back. The device's half is L:200.
 """
 
+from __future__ import annotations
+
 import _thread
+from typing import TYPE_CHECKING, Iterable
 
 from ..errors import LguestError
 from ..virtio import (DESC_SIZE, F_RING_EVENT_IDX, F_RING_INDIRECT_DESC, USED_ELEM_SIZE,
                       VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT,
                       VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY, bit)
 from ..virtqueue import vring_need_event
+
+if TYPE_CHECKING:
+    from ..memory import Memory
 
 
 class DriverError(LguestError):
@@ -30,14 +36,15 @@ class GuestAllocator:
     Rings are allocated once and kept; buffers come and go, so free() coalesces
     neighbours. Addresses are aligned as asked (a power of two)."""
 
-    def __init__(self, start, end):
+    def __init__(self, start: int, end: int):
         if not 0 <= start < end:
             raise DriverError(f"empty allocator region {start:#x}-{end:#x}")
         self.start, self.end = start, end
         self._free = [(start, end)]        # sorted, disjoint [lo, hi) holes
         self._sizes = {}                    # addr -> (lo, hi) it came from
 
-    def alloc(self, size, align=16):
+    def alloc(self, size: int, align: int = 16) -> int:
+        """Reserve `size` bytes aligned to `align`; return their guest address."""
         if size < 0 or align <= 0 or align & (align - 1):
             raise DriverError(f"bad allocation size {size} / alignment {align}")
         size = max(size, 1)
@@ -50,7 +57,8 @@ class GuestAllocator:
                 return addr
         raise DriverError(f"guest allocator out of memory for {size} bytes")
 
-    def free(self, addr):
+    def free(self, addr: int) -> None:
+        """Give back what alloc() returned at `addr`."""
         lo, hi = self._sizes.pop(addr)
         holes = self._free
         n = 0
@@ -64,7 +72,8 @@ class GuestAllocator:
             holes[n - 1:n + 1] = [(holes[n - 1][0], holes[n][1])]
 
     @property
-    def free_bytes(self):
+    def free_bytes(self) -> int:
+        """How many bytes are not allocated."""
         return sum(hi - lo for lo, hi in self._free)
 
 
@@ -74,7 +83,7 @@ class Used:
 
     __slots__ = ("head", "len", "token", "data")
 
-    def __init__(self, head, length, token, data):
+    def __init__(self, head: int, length: int, token: object, data: bytes):
         self.head, self.len, self.token, self.data = head, length, token, data
 
     def __repr__(self):
@@ -111,7 +120,8 @@ def vring_layout(size, align=64):
 class DriverQueue:
     """One split ring as Linux's driver keeps it."""
 
-    def __init__(self, memory, allocator, size, *, features=0, start_idx=0, align=64):
+    def __init__(self, memory: Memory, allocator: GuestAllocator, size: int, *,
+                 features: int = 0, start_idx: int = 0, align: int = 64):
         if size <= 0 or size & (size - 1) or size > 32768:
             raise DriverError(f"queue size {size} is not a power of two up to 32768")
         self.memory, self.allocator, self.size = memory, allocator, size
@@ -146,11 +156,13 @@ class DriverQueue:
 
     # Addresses of the fields, for readers of this code and for tests.
     @property
-    def used_event_addr(self):
+    def used_event_addr(self) -> int:
+        """Guest address of used_event (the avail ring's last u16)."""
         return self.avail_addr + 4 + 2 * self.size
 
     @property
-    def avail_event_addr(self):
+    def avail_event_addr(self) -> int:
+        """Guest address of avail_event (the used ring's last u16)."""
         return self.used_addr + 4 + USED_ELEM_SIZE * self.size
 
     def _write_desc(self, table, i, addr, length, flags, nxt):
@@ -166,7 +178,9 @@ class DriverQueue:
     # the ring. Otherwise each buffer takes a descriptor off the free list, chained by
     # NEXT, readable ones first (2.4.4.2: "The driver MUST place any device-writable
     # descriptor elements after any device-readable descriptor elements").
-    def add_chain(self, readable=(), writable=(), *, token=None, indirect=None, _owned=()):
+    def add_chain(self, readable: Iterable[tuple[int, int]] = (),
+                  writable: Iterable[tuple[int, int]] = (), *, token: object = None,
+                  indirect: bool | None = None, _owned: Iterable[int] = ()) -> int:
         """Add a chain of (guest address, length) buffers; return its head."""
         bufs = [(a, n, 0) for a, n in readable] + [(a, n, VRING_DESC_F_WRITE) for a, n in writable]
         if not bufs:
@@ -202,7 +216,9 @@ class DriverQueue:
         self._publish(head)
         return head
 
-    def add_buffer(self, readable=(), writable=(), *, token=None, indirect=None):
+    def add_buffer(self, readable: Iterable[bytes | bytearray | memoryview | int] = (),
+                   writable: Iterable[int] = (), *, token: object = None,
+                   indirect: bool | None = None) -> int:
         """Copy `readable` (bytes, or int lengths of zeroed bytes) into fresh guest
         buffers, allocate `writable` buffers of the given lengths, add the chain."""
         owned, rd, wr = [], [], []
@@ -240,7 +256,8 @@ class DriverQueue:
     # a full barrier (virtio_mb) between publishing avail.idx and reading the device's
     # word, or a device going to sleep and a driver deciding not to kick could miss
     # each other; so do we.
-    def kick_prepare(self):
+    def kick_prepare(self) -> bool:
+        """Does the device want a kick for what we added since the last one?"""
         self._full_barrier()
         new = self.avail_idx_shadow
         old = (new - self.num_added) & 0xFFFF
@@ -255,7 +272,8 @@ class DriverQueue:
     # clears the flag and sets used_event to the next entry we expect, returning that
     # index; poll() says whether the device used something since. enable_cb() is the
     # two together: True means nothing is pending and it is safe to wait.
-    def disable_cb(self):
+    def disable_cb(self) -> None:
+        """Ask the device not to interrupt us."""
         if not self.avail_flags_shadow & VRING_AVAIL_F_NO_INTERRUPT:
             self.avail_flags_shadow |= VRING_AVAIL_F_NO_INTERRUPT
             if self.event_idx:
@@ -263,7 +281,8 @@ class DriverQueue:
             else:
                 self.memory.write_u16(self.avail_addr, self.avail_flags_shadow)
 
-    def enable_cb_prepare(self):
+    def enable_cb_prepare(self) -> int:
+        """Ask for interrupts again; return the used index to poll() against."""
         if self.avail_flags_shadow & VRING_AVAIL_F_NO_INTERRUPT:
             self.avail_flags_shadow &= ~VRING_AVAIL_F_NO_INTERRUPT
             if not self.event_idx:
@@ -271,14 +290,16 @@ class DriverQueue:
         self.memory.write_u16(self.used_event_addr, self.last_used_idx)
         return self.last_used_idx
 
-    def poll(self, last_used_idx):
+    def poll(self, last_used_idx: int) -> bool:
+        """True if the device used something since `last_used_idx`."""
         self._full_barrier()     # our used_event store before the device's used.idx
         return self.memory.read_u16(self.used_addr + 2) != last_used_idx
 
-    def enable_cb(self):
+    def enable_cb(self) -> bool:
+        """Ask for interrupts again; True if nothing is pending (safe to wait)."""
         return not self.poll(self.enable_cb_prepare())
 
-    def enable_cb_delayed(self):
+    def enable_cb_delayed(self) -> bool:
         """Ask for an interrupt only after 3/4 of the outstanding buffers are used."""
         if self.avail_flags_shadow & VRING_AVAIL_F_NO_INTERRUPT:
             self.avail_flags_shadow &= ~VRING_AVAIL_F_NO_INTERRUPT
@@ -294,7 +315,8 @@ class DriverQueue:
     # head"). Its length we trust only up to the space we offered. Then the chain's
     # descriptors go back on the free list, and if interrupts are on and EVENT_IDX was
     # negotiated, used_event moves to the next entry, so the device interrupts for it.
-    def get_used(self):
+    def get_used(self) -> Used | None:
+        """Take back the next used buffer, or None; DriverError if the device broke the ring."""
         if self.memory.read_u16(self.used_addr + 2) == self.last_used_idx:
             return None
         slot = self.last_used_idx & (self.size - 1)
@@ -312,7 +334,7 @@ class DriverQueue:
             self.memory.write_u16(self.used_event_addr, self.last_used_idx)
         return Used(head, length, state.token, data)
 
-    def collect(self):
+    def collect(self) -> list[Used]:
         """Every used buffer there is now, in order."""
         out = []
         while (u := self.get_used()) is not None:
@@ -343,5 +365,6 @@ class DriverQueue:
             self.allocator.free(addr)
 
     @property
-    def outstanding(self):
+    def outstanding(self) -> int:
+        """How many chains the device holds."""
         return sum(1 for s in self._state if s is not None)

@@ -3,10 +3,10 @@
 #L:940 From a DeviceSpec (L:952) to a working device, for every transport: the PCI
 # launcher, the simulated guest, `lguest run` and `lguest vhost-user` all build their
 # devices here. The host resources are opened (the seed's setup_console,
-# setup_block_file, setup_rng, setup_tun_net) and handed to the sans-I/O device; what
-# comes back says which fd wakes which queue when the host has input for it (stdin
-# for the console, the tap for net), and each transport makes its own runner from
-# that (L:941). Where the resources come from is a choice of its own: HostResources
+# setup_block_file, setup_rng, setup_tun_net, and a shared directory for virtio-fs)
+# and handed to the sans-I/O device; what comes back says which fd wakes which queue
+# when the host has input for it (stdin for the console, the tap for net), and each
+# transport makes its own runner from that (L:941). Where the resources come from is a choice of its own: HostResources
 # opens real files, /dev/urandom, the terminal and taps; InMemoryResources keeps
 # disks in bytearrays and counts entropy (L:300), for runs that must come out the
 # same every time.
@@ -98,10 +98,25 @@ def _net(spec, resources):
             parse_mac(spec.mac)            # a bad MAC fails before the tap is set up
         link, where = resources.net_link(spec, opened)
         device = NetDevice(link, mac=spec.mac, **_named(spec))
-    return BuiltDevice(device, opened, {RX: link.fd}, where)
+    # Each pair's rx queue wakes on its own tap queue (L:385).
+    links = link if isinstance(link, list) else [link]
+    return BuiltDevice(device, opened, {2 * i + RX: q.fd for i, q in enumerate(links)}, where)
 
 
-DEVICE_KINDS = {"console": _console, "block": _block, "rng": _rng, "net": _net}
+def _fs(spec, resources):
+    from ..devices.fs import FsDevice          # only a share pays for the FUSE tables
+    shared = resources.shared_directory(spec)
+    with _closing_on_error([shared]):
+        try:
+            device = FsDevice(shared, spec.tag, name=spec.name or f"fs:{spec.tag}")
+        except ValueError as e:
+            raise LauncherError(f"--tag={spec.tag}: {e}") from None
+    mode = " (read-only)" if spec.read_only else ""
+    # FsDevice.close() closes the share itself, so it is not a resource of its own.
+    return BuiltDevice(device, [], {}, f"virtio-fs {spec.tag}: {spec.path}{mode}")
+
+
+DEVICE_KINDS = {"console": _console, "block": _block, "rng": _rng, "net": _net, "fs": _fs}
 
 
 class HostResources:
@@ -141,22 +156,44 @@ class HostResources:
         from .rng import UrandomSource
         return UrandomSource()
 
+    def shared_directory(self, spec):
+        """A host directory for virtio-fs; every inode the guest holds is an fd of ours."""
+        from .fs import SharedDirectory, raise_fd_limit
+        from .fs_root import HostRoot
+        if not spec.path:
+            raise LauncherError("a virtio-fs device needs a directory")
+        raise_fd_limit()
+        # A root's /proc, /sys and /dev are not served (L:396).
+        kind = HostRoot if os.path.realpath(spec.path) == "/" else SharedDirectory
+        try:
+            return kind(spec.path, read_only=spec.read_only)
+        except OSError as e:
+            raise LauncherError(f"--fs={spec.path}: {e.strerror}") from None
+
     def net_link(self, spec, opened):
         """A tap, configured as the spec says; appended to `opened` as soon as it is open.
+        With spec.queues > 1, a list: that many queues of one multi-queue tap.
 
         A new tap (spec.tap None) is always brought up, with the spec's address or
         none, or joined to a bridge; a named one (which may be the user's own, set up
         beforehand) is configured only when an address is given."""
-        from .tap import add_to_bridge, configure_device, open_tap
-        tap = open_tap(spec.tap) if spec.tap else open_tap()
-        opened.append(tap)
+        from .tap import add_to_bridge, configure_device, open_tap, open_tap_queues
+        if spec.queues > 1:            # one tap queue per queue pair (L:385)
+            link = open_tap_queues(spec.tap or "tap%d", spec.queues)
+            opened.extend(link)
+            tap = link[0]
+        else:
+            link = tap = open_tap(spec.tap) if spec.tap else open_tap()
+            opened.append(tap)
         if spec.bridge is not None:
             add_to_bridge(tap.name, spec.bridge)
             configure_device(tap.name, None)
-            return tap, f"tun {tap.name}: attached to bridge: {spec.bridge}"
+            return link, f"tun {tap.name}: attached to bridge: {spec.bridge}"
         if spec.ip or not spec.tap:
-            configure_device(tap.name, spec.ip)
-        return tap, f"tun {tap.name}: {spec.ip or 'no address'}"
+            configure_device(tap.name, spec.ip, spec.prefix)
+        address = spec.ip and (spec.ip + (f"/{spec.prefix}" if spec.prefix is not None else ""))
+        pairs = f", {spec.queues} queue pairs" if spec.queues > 1 else ""
+        return link, f"tun {tap.name}: {address or 'no address'}{pairs}"
 
 
 def simulated_disk(sectors):
@@ -187,3 +224,7 @@ class InMemoryResources:
 
     def net_link(self, spec, opened):
         raise LauncherError("no in-memory network device: give it a link (L:760)")
+
+    def shared_directory(self, spec):
+        raise LauncherError("no in-memory shared directory: virtio-fs serves a host "
+                            "directory (L:391)")

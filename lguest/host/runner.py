@@ -53,6 +53,10 @@ class ThreadedRunner(DeviceRunner):
         self.stop()
         with self._lock:
             self.device, self.interrupt = device, interrupt
+            if hasattr(device, "wake_queue"):
+                # A device whose host input may start flowing without a kick (a net
+                # queue pair turned on, L:385) asks for its queue's thread this way.
+                device.wake_queue = self.kick
             self._stop_fd = os.eventfd(0, EFD_FLAGS)
             for qi, queue in enumerate(device.queues):
                 if queue is None:

@@ -76,12 +76,20 @@ def _deb_of(debs_dir, package):
     return _newest(debs_dir, f"{package}_*_{ARCH}.deb") or _newest(debs_dir, f"{package}_*_all.deb")
 
 
-def _run(cmd, cwd=None):
+# apt-get update once sat for 8 minutes here in its gpgv method, idle, on a loaded
+# machine; bounded, it fails with a message instead of hanging the suite.
+APT_TIMEOUT = 600
+
+
+def _run(cmd, cwd=None, timeout=APT_TIMEOUT):
     try:
-        return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+        return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     except FileNotFoundError:
         raise LauncherError(f"{cmd[0]} is missing: the lguest-host kit needs a Debian-like "
                             "host") from None
+    except subprocess.TimeoutExpired:
+        raise LauncherError(f"`{' '.join(cmd)}` did not finish in {timeout} s (is the "
+                            "package mirror reachable?)") from None
 
 
 def _enable_i386(progress):

@@ -21,7 +21,7 @@ GUEST_KERNEL = "/lguest-host/bzImage"
 GUEST_VMLINUX = "/lguest-host/vmlinux"
 
 INIT = """#!/bin/busybox sh
-# /init of the lguest host: mount what a Linux needs, run the tests, report their status.
+# /init of the lguest host: mount what a Linux needs, run {what}, report its status.
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -29,20 +29,29 @@ mount -t devtmpfs devtmpfs /dev 2>/dev/null
 mount -t tmpfs tmpfs /tmp
 ip link set lo up
 export PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin HOME=/root TMPDIR=/tmp
-export PYTHONDONTWRITEBYTECODE=1 LGUEST_IN_HOST=1 TERM=dumb
+export PYTHONDONTWRITEBYTECODE=1 TERM=dumb
 {exports}
 cd /{project}
 echo "lguest-host: $(uname -r) $(uname -m), $(ls -l /dev/lguest 2>&1)"
-python3 -m pytest -p no:cacheprovider -p lguest.testing.plugin {args}
+{command}
 echo "{marker} $?"
 reboot -f
 """
 
 
-def init_script(pytest_args, env):
-    exports = "\n".join(f"export {k}={shlex.quote(v)}" for k, v in sorted(env.items()))
+def host_init(command, env=None, what="the tests"):
+    """The host's /init: the usual mounts, `env` exported, `command` (one shell line)
+    run in the project's directory, and its exit status reported as qemu.EXIT_MARKER's
+    line before the host reboots (which ends QEMU: -no-reboot)."""
+    exports = "\n".join(f"export {k}={shlex.quote(v)}" for k, v in sorted((env or {}).items()))
     return INIT.format(exports=exports, project=kit.GUEST_PROJECT, marker=qemu.EXIT_MARKER,
-                       args=" ".join(shlex.quote(a) for a in pytest_args))
+                       command=command, what=what)
+
+
+def init_script(pytest_args, env):
+    args = " ".join(shlex.quote(a) for a in pytest_args)
+    return host_init(f"python3 -m pytest -p no:cacheprovider -p lguest.testing.plugin {args}",
+                     dict(env, LGUEST_IN_HOST="1"))
 
 
 def guest_kernels():

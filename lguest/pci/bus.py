@@ -10,14 +10,22 @@
 # interrupt line and a window of MMIO above the guest's RAM.
 """
 
+from __future__ import annotations
+
 import bisect
 import logging
+from typing import TYPE_CHECKING, Any
 
 from ..errors import GuestError, LauncherError
 from ..memory import PAGE_SIZE, MmioAllocator
 from .config import (SIZE_MASKS, WINDOW_DATA_WORD, init_pci_host_bridge, ioread,
                      iowrite, virtio_pci_config)
 from .transport import BAR0_LAYOUT, VirtioPciTransport
+
+if TYPE_CHECKING:
+    from ..devices.base import DeviceRunner, VirtioDevice
+    from ..memory import Memory
+    from .config import PciConfig
 
 PIO = "pio"
 MMIO = "mmio"
@@ -54,7 +62,7 @@ def decode_config_address(latch):
 class PciBus:
     """Up to 31 virtio devices behind a host bridge, reached by port and MMIO."""
 
-    def __init__(self, memory, mmio_base=None):
+    def __init__(self, memory: Memory, mmio_base: int | None = None):
         self.memory = memory
         if mmio_base is None:
             mmio_base = memory.size + DEVICE_PAGES * PAGE_SIZE
@@ -74,7 +82,7 @@ class PciBus:
         self._window_owners = []
 
     @property
-    def mmio_limit(self):
+    def mmio_limit(self) -> int:
         """One past the last MMIO window handed out."""
         return self._allocator.limit
 
@@ -82,7 +90,9 @@ class PciBus:
     # and interrupt line, a BAR0 window big enough for the common config, notify,
     # ISR and its own config (a power of two, from the allocator above RAM: L:100),
     # and the config space that describes all of it (L:404).
-    def add_device(self, device, runner=None):
+    def add_device(self, device: VirtioDevice,
+                   runner: DeviceRunner | None = None) -> VirtioPciTransport:
+        """Put a device in the next slot, behind a transport of its own, and return that."""
         slot = len(self.devices) + 1
         if slot >= MAX_PCI_DEVICES:
             raise LauncherError(f"Can only handle {MAX_PCI_DEVICES - 1} PCI devices")
@@ -106,21 +116,23 @@ class PciBus:
     # table, say) with allocate_mmio() and add_mmio_window(). `handler` needs
     # `mmio_size`, `emulate_mmio_read(off, size)` and `emulate_mmio_write(off, size,
     # value)`, as a transport has. Windows are kept sorted for find_mmio_region().
-    def allocate_mmio(self, size):
+    def allocate_mmio(self, size: int) -> int:
+        """Reserve a power-of-two MMIO window above RAM; return its address."""
         return self._allocator.allocate(size)
 
-    def add_mmio_window(self, addr, handler):
+    def add_mmio_window(self, addr: int, handler: Any) -> None:
+        """Route MMIO at addr to handler (mmio_size, emulate_mmio_read/write)."""
         i = bisect.bisect_right(self._window_starts, addr)
         self._window_starts.insert(i, addr)
         self._window_owners.insert(i, handler)
 
-    def reset_all(self):
+    def reset_all(self) -> None:
         """The seed's cleanup_devices(): reset every device (stops its runner)."""
         for transport in self.devices:
             transport.reset()
 
     # -- the one entry point ----------------------------------------------------------
-    def access(self, space, addr, size, is_write, value=0):
+    def access(self, space: str, addr: int, size: int, is_write: bool, value: int = 0) -> int:
         """Emulate one guest access. Reads return the value read; writes return 0."""
         if space == MMIO:
             found = self.find_mmio_region(addr)
@@ -141,7 +153,7 @@ class PciBus:
             return 0
         return self._port_read(addr, size)
 
-    def find_mmio_region(self, paddr):
+    def find_mmio_region(self, paddr: int) -> tuple[Any, int] | None:
         """(transport, offset in its BAR0), or None: windows are sorted, so bisect."""
         i = bisect.bisect_right(self._window_starts, paddr) - 1
         if i < 0:
@@ -181,7 +193,7 @@ class PciBus:
                                       detail=f"port {port} ({SIZE_MASKS[size]:#x} mask) "
                                              f"address {self.config_address:#x}")
 
-    def dev_and_reg(self):
+    def dev_and_reg(self) -> tuple[int, PciConfig, int] | None:
         """(slot, config, word register) the latch points at, or None."""
         a = decode_config_address(self.config_address)
         if not a["enabled"] or a["function"] != 0 or a["bus"] != 0:
@@ -256,11 +268,11 @@ class PciBus:
         return True
 
     @property
-    def lenient(self):
+    def lenient(self) -> bool:
         """Lenient when its devices are (the launcher sets them all alike, L:425)."""
         return bool(self.devices) and all(t.lenient for t in self.devices)
 
-    def describe(self):
+    def describe(self) -> list[str]:
         """One line per device, for the launcher's --verbose."""
         return [f"device {t.slot}: {t.name} irq {t.irq_line} bar0 {t.mmio_addr:#x}+{t.mmio_size:#x}"
                 for t in self.devices]

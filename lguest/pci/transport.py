@@ -11,7 +11,10 @@
 # refused access leaves the device as it was.
 """
 
+from __future__ import annotations
+
 import logging
+from typing import TYPE_CHECKING, Callable
 
 from ..devices.base import InlineRunner, VirtioDevice
 from ..errors import GuestError
@@ -26,14 +29,20 @@ from .registers import (ADDRESS_REGS, BAR0_LAYOUT, COMMON_CFG, COMMON_CFG_SIZE, 
                         PADDING_OFFSET, QUEUE_REGS_SIZE, QUEUE_REGS_START, REG, UNAVAILABLE,
                         VIRTIO_MSI_NO_VECTOR, MsixHook, QueueRegs, width_bits)
 
+if TYPE_CHECKING:
+    from ..devices.base import DeviceRunner
+    from ..memory import Memory
+
 log = logging.getLogger(__name__)   # the seed's verbose() lines, at DEBUG
 
 
 class VirtioPciTransport:
     """BAR0 of one virtio device, and the life cycle it drives."""
 
-    def __init__(self, device, memory, *, runner=None, irq_line=0, mmio_addr=0, raise_irq=None,
-                 lower_irq=None, lenient=False):
+    def __init__(self, device: VirtioDevice, memory: Memory, *,
+                 runner: DeviceRunner | None = None, irq_line: int = 0, mmio_addr: int = 0,
+                 raise_irq: Callable[[], None] | None = None,
+                 lower_irq: Callable[[], bool] | None = None, lenient: bool = False):
         if not isinstance(device, VirtioDevice):
             raise TypeError(f"{device!r} is not a VirtioDevice")
         self.device = device
@@ -91,7 +100,8 @@ class VirtioPciTransport:
     # device_status), answers refused reads with all ones, and after the reset works
     # as new. The guest and the other devices go on. Errors from queue threads come
     # through the runner's on_error, which this transport takes over.
-    def set_lenient(self, lenient):
+    def set_lenient(self, lenient: bool) -> None:
+        """Switch lenient mode (L:425) on or off."""
         self.lenient = bool(lenient)
         chained = getattr(self.runner, "on_error", False)
         if self.lenient and chained is not False and chained != self._queue_failed:
@@ -106,7 +116,7 @@ class VirtioPciTransport:
         else:
             log.error("%s: queue stopped: %s", self.name, exc)
 
-    def misused(self, error):
+    def misused(self, error: GuestError) -> None:
         """The guest broke a rule: raise it (strict) or enter DEVICE_NEEDS_RESET."""
         if not self.lenient:
             raise error
@@ -122,7 +132,7 @@ class VirtioPciTransport:
         self.runner.stop()          # may be this very queue's thread: it does not join itself
         self.config_changed()
 
-    def attach_msix(self, hook):
+    def attach_msix(self, hook: MsixHook) -> None:
         """Give the device MSI-X (a backend with an MSI-X capability calls this before
         the guest boots); every vector starts unmapped."""
         self.msix = hook
@@ -130,16 +140,17 @@ class VirtioPciTransport:
 
     # -- what the device offers -----------------------------------------------------
     @property
-    def features(self):
+    def features(self) -> int:
         """Everything offered: the device's bits and VERSION_1 (L:205)."""
         return offered_features(self.device)
 
     @property
-    def negotiated(self):
+    def negotiated(self) -> int:
+        """The features the driver accepted."""
         return self.features_accepted
 
     @property
-    def notify_address(self):
+    def notify_address(self) -> int:
         """Guest-physical address of the notify register (for an ioeventfd)."""
         return self.mmio_addr + NOTIFY_OFFSET
 
@@ -162,7 +173,8 @@ class VirtioPciTransport:
     # that is done"): the runner stops serving the queues (the seed killed its
     # threads), the device forgets its queues and features, and every register goes
     # back to its power-on value, every queue's too.
-    def reset(self):
+    def reset(self) -> None:
+        """Reset the device: stop its runner, forget its queues, registers to power-on."""
         log.debug("Resetting device %s", self.name)
         self.runner.stop()
         self.device.reset()
@@ -178,7 +190,8 @@ class VirtioPciTransport:
     # Queue Interrupt bit in ISR status before sending a virtqueue notification to the
     # driver", then we raise the device's interrupt line through the bus (L:431).
     # With an MSI-X hook switched on, the queue's vector is signalled instead.
-    def interrupt(self, queue_index):
+    def interrupt(self, queue_index: int) -> None:
+        """Tell the guest a queue has used buffers (ISR bit and line, or its MSI-X vector)."""
         if self.msix is not None and self.msix.enabled():
             vector = self._queues[queue_index].get("queue_msix_vector")
             if vector != VIRTIO_MSI_NO_VECTOR:
@@ -187,7 +200,7 @@ class VirtioPciTransport:
         self._isr[ISR_QUEUE] = True
         self.raise_irq()
 
-    def config_changed(self):
+    def config_changed(self) -> None:
         """The device changed its config (and bumped config_generation): 4.1.4.5.1,
         set the Device Configuration Interrupt bit, then interrupt if it is live."""
         if self.msix is not None and self.msix.enabled():
@@ -205,7 +218,7 @@ class VirtioPciTransport:
     # pulse. Reading clears ISR, then lowers the line; a queue thread that set a bit in
     # between raised the line before our lowering or raises it after, so if ISR is not
     # empty once the line is down, we raise it again. No lock is needed.
-    def read_isr(self):
+    def read_isr(self) -> int:
         """4.1.4.5.1: "The device MUST reset ISR status to 0 on driver read"."""
         value = 0
         for flag in (ISR_QUEUE, ISR_CONFIG):
@@ -217,7 +230,7 @@ class VirtioPciTransport:
         return value
 
     # -- writes ---------------------------------------------------------------------
-    def emulate_mmio_write(self, off, size, value):
+    def emulate_mmio_write(self, off: int, size: int, value: int) -> None:
         """A driver write of `size` bytes at offset `off` of BAR0."""
         value &= (1 << (8 * size)) - 1
         if self.broken is not None and not (off == OFFSET["device_status"] and value == 0):
@@ -405,7 +418,7 @@ class VirtioPciTransport:
         raise self._error("Unexpected write to offset", f"{off}")
 
     # -- reads ----------------------------------------------------------------------
-    def emulate_mmio_read(self, off, size):
+    def emulate_mmio_read(self, off: int, size: int) -> int:
         """A driver read of `size` bytes at offset `off` of BAR0."""
         try:
             handler = _READ_HANDLERS.get(off)

@@ -17,7 +17,7 @@ tests its own.
 Hypothesis is imported only by the parts that need it, when first used.
 """
 
-import importlib
+from .._lazy import lazy_exports
 
 __all__ = ["DriverHarness", "FakeRuns", "HostileRing", "PciConfigMachine", "SplitRingMachine",
            "StatusMachine", "exercise_queue", "hostile_rings", "inside_guest",
@@ -37,13 +37,4 @@ _WHERE = {
 }
 
 
-def __getattr__(name):
-    if name in _WHERE:
-        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'lguest.testing' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE, globals())

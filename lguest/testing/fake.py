@@ -15,9 +15,15 @@ before a change to a device, replayed after it, says exactly where the change sh
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, Iterable
+
 from ..backends import tracefile
 from ..devices.base import VirtioDevice
 from ..simulation import simulate
+
+if TYPE_CHECKING:
+    from ..backends.base import Exit
+    from ..pci.bus import PciBus
 
 __all__ = ["FakeRuns", "DEFAULT_KINDS"]
 
@@ -32,13 +38,15 @@ class FakeRuns:
     VirtioDevice objects instead. Other keywords go to lguest.simulate (seed, scenario,
     mem_mb, word_size, log)."""
 
-    def run(self, kinds=DEFAULT_KINDS, *, devices: list[VirtioDevice] | None = None, **options):
+    def run(self, kinds: Iterable[str] = DEFAULT_KINDS, *,
+            devices: list[VirtioDevice] | None = None, **options: Any) -> tuple[Exit, PciBus]:
         """One run; returns (exit, bus): how the guest ended and the bus it ran on."""
         exit_, bus, _ = simulate(list(kinds), devices=devices, **options)
         return exit_, bus
 
-    def record(self, kinds=DEFAULT_KINDS, *, devices: list[VirtioDevice] | None = None,
-               path: str | None = None, **options) -> list[dict]:
+    def record(self, kinds: Iterable[str] = DEFAULT_KINDS, *,
+               devices: list[VirtioDevice] | None = None, path: str | None = None,
+               **options: Any) -> list[dict]:
         """One run, recorded; the records (also written to `path` if given)."""
         records: list[dict] = []
         simulate(list(kinds), devices=devices, record=records, **options)
@@ -46,8 +54,9 @@ class FakeRuns:
             tracefile.write_trace(path, {"kinds": list(kinds)}, records)
         return records
 
-    def replay(self, records: list[dict] | str, kinds=DEFAULT_KINDS, *,
-               devices: list[VirtioDevice] | None = None, **options):
+    def replay(self, records: list[dict] | str, kinds: Iterable[str] = DEFAULT_KINDS, *,
+               devices: list[VirtioDevice] | None = None,
+               **options: Any) -> tuple[Exit, PciBus]:
         """Replay records (or a trace file's path); TraceDivergence at the first change."""
         if isinstance(records, str):
             _, records = tracefile.read_trace(records)

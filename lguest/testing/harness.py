@@ -15,6 +15,7 @@ runners, so a kick's work is done when kick() returns.
 from __future__ import annotations
 
 import gc
+from typing import Iterable
 
 from ..devices.base import DeviceRunner, InlineRunner, VirtioDevice
 from ..driver.pci import DeviceHandle, VirtioPciDriver
@@ -48,14 +49,17 @@ class DriverHarness:
                 h.setup_queues()
                 h.driver_ok()
 
-    def request(self, handle: DeviceHandle, qi: int, readable, writable) -> list[Used]:
+    def request(self, handle: DeviceHandle, qi: int,
+                readable: Iterable[bytes | bytearray | memoryview | int],
+                writable: Iterable[int]) -> list[Used]:
         """Offer one chain (readable bytes, writable lengths) on queue qi, kick, collect."""
         queue = handle.queue(qi)
         queue.add_buffer(readable, writable)
         handle.kick(qi)
         return queue.collect()
 
-    def close(self):
+    def close(self) -> None:
+        """Reset every device and free guest memory."""
         self.bus.reset_all()
         try:
             self.memory.close()

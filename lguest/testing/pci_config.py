@@ -118,10 +118,12 @@ class PciConfigMachine(RuleBasedStateMachine):
     """The config space of make_device()'s device, in slot 1, against the model."""
 
     def make_device(self) -> VirtioDevice:
+        """Override: a fresh device for each run of the machine."""
         raise NotImplementedError("a PciConfigMachine needs make_device()")
 
     @initialize()
-    def setup(self):
+    def setup(self) -> None:
+        """Start a run: make_device()'s device in slot 1 of a fresh bus."""
         self.memory = GuestMemory(1 << 20)
         self.bus = PciBus(self.memory)
         self.device = self.make_device()
@@ -129,7 +131,7 @@ class PciConfigMachine(RuleBasedStateMachine):
         self.image = device_config_image(self.device, self.transport)
         self.bar0_size = BAR0_FIXED + len(self.device.config)
 
-    def teardown(self):
+    def teardown(self) -> None:
         if hasattr(self, "memory"):
             self.bus.reset_all()
             self.memory.close()

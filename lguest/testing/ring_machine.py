@@ -36,14 +36,17 @@ class SplitRingMachine(RuleBasedStateMachine):
     Subclass it (or use it as is) and take `.TestCase`; override `make_device_queue`
     to put a Virtqueue of your own (a wrapper, a subclass) under the same checks."""
 
-    def make_device_queue(self, size, desc, avail, used, features, last_avail_idx):
+    def make_device_queue(self, size: int, desc: int, avail: int, used: int, features: int,
+                          last_avail_idx: int) -> Virtqueue:
+        """Override: the device's queue over the driver's ring (default: our Virtqueue)."""
         return Virtqueue(self.mem, size, desc, avail, used, features=features,
                          last_avail_idx=last_avail_idx)
 
     @initialize(size=st.sampled_from(SIZES), indirect=st.booleans(), event_idx=st.booleans(),
                 start=st.one_of(st.integers(65530, 65535), st.integers(65530, 65535),
                                 st.integers(0, 65535)))
-    def setup(self, size, indirect, event_idx, start):
+    def setup(self, size: int, indirect: bool, event_idx: bool, start: int) -> None:
+        """Start a run: a ring of `size` with the drawn features, indices from `start`."""
         self.mem = GuestMemory(MEM)
         self.mem.write(0, b"\xa5" * CANARY_END)
         features = (bit(F_RING_INDIRECT_DESC) if indirect else 0) | (bit(F_RING_EVENT_IDX) if event_idx else 0)
@@ -69,7 +72,7 @@ class SplitRingMachine(RuleBasedStateMachine):
         self.signalled = start       # used idx at the device's last interrupt decision
         self.wrapped = False
 
-    def teardown(self):
+    def teardown(self) -> None:
         if hasattr(self, "mem"):
             self.held.clear()
             self.mem.close()

@@ -76,6 +76,7 @@ class HostileRing:
     detail: dict = field(default_factory=dict)
 
     def build(self, memory: GuestMemory, *, name: str = "q", device: str = "dev") -> Virtqueue:
+        """Write the ring into `memory` and return the device's Virtqueue over it."""
         self.write(memory)
         return Virtqueue(memory, self.size, *self.where, features=self.features, name=name,
                          device=device, last_avail_idx=self.last_avail_idx)

@@ -3,6 +3,8 @@ you supply, against a small model of the seed's rules (emulate_mmio_write and
 emulate_mmio_read): every step the model calls illegal must raise GuestError with the
 seed's rule and leave the state alone; every legal step must succeed."""
 
+from typing import Callable
+
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
@@ -87,10 +89,12 @@ class StatusMachine(RuleBasedStateMachine):
     given the features the driver accepted and the queues it enabled."""
 
     def make_device(self) -> VirtioDevice:
+        """Override: a fresh device for each run of the machine."""
         raise NotImplementedError("a StatusMachine needs make_device()")
 
     @initialize()
-    def setup(self):
+    def setup(self) -> None:
+        """Start a run: make_device()'s device behind a transport, and the model."""
         self.memory = GuestMemory(64 * 1024)
         self.device = self.make_device()
         self.activations = []
@@ -108,11 +112,12 @@ class StatusMachine(RuleBasedStateMachine):
         self.max_size = self.device.queue_max_size
         self.model = Model()
 
-    def teardown(self):
+    def teardown(self) -> None:
         if hasattr(self, "memory"):
             self.memory.close()
 
-    def expect(self, rule_or_none, action):
+    def expect(self, rule_or_none: str | None, action: Callable[[], object]) -> object:
+        """Do action(); if a rule is named, it must raise GuestError for that rule."""
         if rule_or_none is None:
             return action()
         try:

@@ -162,3 +162,20 @@ def read_cpio(data):
         if name == "TRAILER!!!":
             return entries
         entries.append((name, fields[1], body, (fields[9], fields[10])))
+
+
+BUSYBOX_DIRS = ("bin", "sbin", "proc", "sys", "dev", "tmp")
+
+
+def busybox_image(busybox, dirs=BUSYBOX_DIRS):
+    """The start of a small busybox initramfs: `dirs`, /dev/console (the kernel opens it
+    for init before /init can mount devtmpfs), /bin/busybox and /bin/sh. The caller adds
+    /init and the rest, and calls finish()."""
+    cpio = CpioWriter()
+    for d in dirs:
+        cpio.directory(d)
+    cpio.char_device("dev/console", 5, 1)
+    with open(busybox, "rb") as f:
+        cpio.file("bin/busybox", f.read(), perm=0o755)
+    cpio.symlink("bin/sh", "busybox")
+    return cpio

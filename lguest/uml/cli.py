@@ -1,7 +1,8 @@
 """`lguest run`: boot a User-Mode Linux guest on our devices, run one command in it.
 
     lguest run [--mem MB] [--block FILE[,ro]]... [--net SPEC] [--ip ADDR/PREFIX]
-               [--console] [--timeout S] [--backend lguest|qsd] -- CMD [ARGS...]
+               [--console] [--timeout S] [--backend lguest|qsd]
+               [--root host|initramfs] [--share HOST[:GUEST][,ro]]... -- CMD [ARGS...]
 
 #L:890 The main job, end to end: fetch and build the kit if this is the first run
 # (L:803), start our vhost-user back-ends for the devices asked for (L:861), boot UML
@@ -22,6 +23,7 @@ import sys
 import threading
 
 from ..errors import LauncherError
+from . import shares
 from .guest import Guest, GuestFailed, GuestTimeout
 
 EXIT_TIMEOUT = 124
@@ -88,6 +90,12 @@ def parser():
                    help="stop the guest after S seconds (default: no limit)")
     p.add_argument("--backend", choices=("lguest", "qsd"), default="lguest",
                    help="who serves the block devices (qsd: qemu-storage-daemon, for comparison)")
+    p.add_argument("--root", choices=shares.ROOTS, default="host",
+                   help="the guest's root: the host's, read-only, with the current directory "
+                        "writable, CMD run there as you (default); or the busybox initramfs")
+    p.add_argument("--share", action="append", default=[], metavar="HOST[:GUEST][,ro]",
+                   help="also show host directory HOST at GUEST (default: the same path) in "
+                        "the guest, read-only with ,ro (repeatable)")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
     return p
 
@@ -110,7 +118,8 @@ def main(argv=None):
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
         with Guest(block=args.block, console=args.console, net=args.net, ip=args.ip,
-                   mem=args.mem, timeout=args.timeout, backend=args.backend) as guest:
+                   mem=args.mem, timeout=args.timeout, backend=args.backend,
+                   root=args.root, share=args.share, terminal=sys.stdout.isatty()) as guest:
             result = guest.run(command, on_stdout=_writer(sys.stdout.buffer),
                                on_stderr=_writer(sys.stderr.buffer))
         return result.returncode

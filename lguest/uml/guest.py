@@ -18,6 +18,8 @@
 # powers the guest off and stops the back-ends.
 """
 
+from __future__ import annotations
+
 import contextlib
 import os
 import shlex
@@ -25,10 +27,15 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 from .. import virtio
 from ..errors import LauncherError
-from . import agent, kit as kit_module, servers
+from . import agent, kit as kit_module, servers, shares as shares_module
+
+if TYPE_CHECKING:
+    from ..vhost_user.served import Served
+    from .kit import Kit
 
 
 # Room for "/<boot>/console.sock" within the 108 bytes of a unix socket address.
@@ -38,7 +45,7 @@ MAX_WORKDIR_PATH = 80
 class GuestFailed(LauncherError):
     """The guest died before reporting the command's exit status (e.g. a kernel panic)."""
 
-    def __init__(self, message, log=""):
+    def __init__(self, message: str, log: str = ""):
         super().__init__(message)
         self.log = log
 
@@ -81,7 +88,9 @@ class _Booted:
             devices = guest._servers(self.stack, boot_dir, self._console)
             self.stack.callback(self.stop)
             self.uml.start(mem=guest.mem, devices=devices, wait=guest._wait_list(devices),
-                           ip=guest.ip, stdout_device="hvc0" if guest.console else "tty1")
+                           ip=guest.ip, stdout_device="hvc0" if guest.console else "tty1",
+                           skip_modules=kit_module.unused_modules(
+                               guest._kit, [d[1] for d in devices]))
         except BaseException:
             self.close()
             raise
@@ -104,13 +113,21 @@ class Guest:
     block: disk image paths ("disk.img" or "disk.img,ro", or (path, read_only)), which
     the guest sees as /dev/vda, /dev/vdb, ...; console: send the commands' stdout through
     our virtio console (/dev/hvc0) instead of UML's tty; net: a back-end network spec
-    (tap:NAME[:HOSTIP]) or a served device; ip: an address/prefix for eth0; mem: MiB;
+    (tap:NAME[:HOSTIP[/PREFIX]]) or a served device; ip: an address/prefix for eth0; mem: MiB;
     timeout: the default for run() (seconds, None for no limit); backend: "lguest"
     (ours) or "qsd" (qemu-storage-daemon, block only); kit: a prepared lguest.uml Kit.
+    root: "host" (the host's root, read-only, with cwd writable, commands run there as
+    user: L:886) or "initramfs" (the busybox guest); share: more host directories,
+    "HOST[:GUEST][,ro]" or (host, guest[, read_only]); cwd (default: ours) and user
+    ((uid, gid), default: ours) are where and as whom commands run with the host root;
+    terminal: our stdout is a terminal, so the caller's TERM is passed (else TERM=dumb).
     """
 
-    def __init__(self, *, block=(), console=False, net=None, ip=None, mem=64, timeout=60.0,
-                 backend="lguest", kit=None):
+    def __init__(self, *, block: Iterable[str | tuple[str, bool]] = (), console: bool = False,
+                 net: str | Served | None = None, ip: str | None = None, mem: int = 64,
+                 timeout: float | None = 60.0, backend: str = "lguest", kit: Kit | None = None,
+                 root: str = "host", share: Iterable = (), cwd: str | None = None,
+                 user: tuple[int, int] | None = None, terminal: bool = False):
         self.block = [b if isinstance(b, str) else f"{b[0]},ro" if b[1] else b[0]
                       for b in block]
         self.console = console
@@ -125,6 +142,7 @@ class Guest:
         self._booted = None
         for spec in self.block:
             servers.parse_block_spec(spec)
+        self.plan = shares_module.plan(share, root, cwd, user, terminal=terminal)
 
     def __enter__(self):
         self._kit = self._kit or kit_module.ensure_kit()
@@ -138,7 +156,7 @@ class Guest:
     def __exit__(self, *exc):
         self.close()
 
-    def close(self):
+    def close(self) -> None:
         """Power the guest off (it syncs first), stop the back-ends, remove the temp files."""
         self._discard()
         if self.workdir:
@@ -147,18 +165,22 @@ class Guest:
 
     def _servers(self, stack, workdir, console_sink):
         """Start the back-ends; return [(socket, virtio id)] in the order UML should see them."""
-        if not (self.block or self.console or self.net is not None):
+        if not (self.block or self.console or self.net is not None or self.plan.shares):
             return []
+        from . import ours
         if self.backend == "qsd":
             if self.console or self.net is not None:
                 raise LauncherError("the qemu-storage-daemon back-end serves block devices only")
-            return stack.enter_context(servers.QsdBlockServer(self.block, workdir)).devices
+            devices = stack.enter_context(servers.QsdBlockServer(self.block, workdir)).devices \
+                if self.block else []
+            # The shared directories are ours whoever serves the disks.
+            return devices + stack.enter_context(
+                ours.OurServers([], workdir, fs=self.plan.served)).devices
         if self.backend != "lguest":
             raise LauncherError(f"unknown back-end {self.backend!r} (lguest or qsd)")
-        from . import ours
         return stack.enter_context(ours.OurServers(self.block, workdir, console=self.console,
                                                    console_sink=console_sink,
-                                                   net=self.net)).devices
+                                                   net=self.net, fs=self.plan.served)).devices
 
     def _wait_list(self, devices):
         blocks = [d for d in devices if d[1] == virtio.ID_BLOCK]
@@ -180,7 +202,24 @@ class Guest:
         os.mkdir(boot_dir)
         return _Booted(self, boot_dir)
 
-    def boot(self):
+    def _mount_shares(self, start, timeout):
+        """Right after a boot: the agent mounts the shares (L:886), or we say why not."""
+        script = self.plan.setup_script()
+        if script is None:
+            return
+        left = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
+        errors = bytearray()
+        outcome = self._booted.uml.run(script, timeout=left, on_stderr=errors.extend)
+        if outcome.status is None:
+            self._discard(grace=0)
+            raise describe_failure(outcome, timeout)
+        if outcome.status != 0:
+            self._discard(grace=0)
+            raise GuestFailed("could not mount the shared directories in the guest: "
+                              + (errors.decode(errors="replace").strip() or
+                                 f"status {outcome.status}"), outcome.log)
+
+    def boot(self) -> Guest:
         """Boot now (run() would on first use); a no-op if the guest is up."""
         if self.workdir is None:
             self.__enter__()
@@ -188,7 +227,9 @@ class Guest:
             self.run("true")
         return self
 
-    def run(self, command, *, timeout=None, on_stdout=None, on_stderr=None, text=True):
+    def run(self, command: str | Sequence[str], *, timeout: float | None = None,
+            on_stdout: Callable[[bytes], None] | None = None,
+            on_stderr: Callable[[bytes], None] | None = None, text: bool = True) -> Result:
         """Run command (a shell string, or an argv list) in the guest; return a Result.
 
         The first run() boots the guest; later ones reuse it, unless a command killed it.
@@ -205,9 +246,10 @@ class Guest:
         try:
             if self._booted is None:
                 self._booted = self._boot()
+                self._mount_shares(start, timeout)
             left = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
-            outcome = self._booted.uml.run(command, timeout=left, on_stdout=on_stdout,
-                                           on_stderr=on_stderr)
+            outcome = self._booted.uml.run(self.plan.wrap(command), timeout=left,
+                                           on_stdout=on_stdout, on_stderr=on_stderr)
         except LauncherError:
             raise                           # e.g. a command too long: the guest is fine
         except BaseException:

@@ -43,10 +43,11 @@ def console_to(callback):
 class OurServers:
     """Start one vhost-user server per device; `.devices` lists (socket, virtio id).
 
-    `net` is the back-end's own spec (tap:NAME[:HOSTIP]), or an already built Served
+    `net` is the back-end's own spec (tap:NAME[:HOSTIP[/PREFIX]]), or an already built Served
     device (one end of a guest-to-guest pair, L:760)."""
 
-    def __init__(self, blocks, workdir, *, console=False, console_sink=None, net=None):
+    def __init__(self, blocks, workdir, *, console=False, console_sink=None, net=None,
+                 fs=()):
         for spec in blocks:
             servers.parse_block_spec(spec)
         self.blocks = list(blocks)
@@ -54,6 +55,7 @@ class OurServers:
         self.console = console
         self.console_sink = console_sink or (lambda data: None)
         self.net = net
+        self.fs = list(fs)              # [(host directory, tag, read_only)]
         self.devices = []
         self._servers = []
         self._served = []
@@ -82,15 +84,13 @@ class OurServers:
             if self.net is not None:
                 served, owned = self._net()
                 self._serve(served, "net", virtio.ID_NET, owned)
+            for i, (path, tag, read_only) in enumerate(self.fs):
+                self._serve(served_devices.fs(path, tag, read_only), f"fs{i}", virtio.ID_FS)
         except BaseException:
             self.__exit__(None, None, None)
             raise
         return self
 
     def __exit__(self, *exc):
-        for server in self._servers:
-            server.close()
-            server.backend.disconnect()
-        for served in self._served:
-            served.close()
+        served_devices.stop_serving(self._servers, self._served)
         self._servers, self._served = [], []

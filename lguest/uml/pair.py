@@ -14,14 +14,17 @@ from ..vhost_user import served as served_devices
 from .guest import Guest
 
 
-def run_pair(commands, ips, *, timeout=60.0, kit=None, mem=64):
-    """Boot two guests joined by a cable; run commands[i] in guest i with address ips[i]."""
+def run_pair(commands, ips, *, timeout=60.0, kit=None, mem=64, root="initramfs"):
+    """Boot two guests joined by a cable; run commands[i] in guest i with address ips[i].
+
+    The busybox root by default: it has ip, ping and nc whatever the host has."""
     ends = served_devices.net_pair()
     results, errors = [None, None], [None, None]
 
     def one(i):
         try:
-            with Guest(net=ends[i], ip=ips[i], timeout=timeout, kit=kit, mem=mem) as g:
+            with Guest(net=ends[i], ip=ips[i], timeout=timeout, kit=kit, mem=mem,
+                       root=root) as g:
                 results[i] = g.run(commands[i])
         except BaseException as e:        # re-raised in the caller's thread below
             errors[i] = e

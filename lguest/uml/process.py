@@ -44,7 +44,7 @@ class Outcome:
 
 
 def kernel_arguments(kit, command, workdir, fds, *, mem=64, devices=(), wait=(),
-                     ip=None, stdout_device="tty1", control=None):
+                     ip=None, stdout_device="tty1", control=None, skip_modules=()):
     """The linux.uml argv for one boot. fds = (log, stdout, stderr, status) write ends.
 
     A one-shot boot carries `command` on the command line; an agent boot (command None)
@@ -67,6 +67,8 @@ def kernel_arguments(kit, command, workdir, fds, *, mem=64, devices=(), wait=(),
         argv.append("lguest_wait=" + ",".join(wait))
     if ip:
         argv.append(f"lguest_ip={ip}")
+    if skip_modules:
+        argv.append("lguest_skip=" + ",".join(skip_modules))
     if stdout_device != "tty1":
         argv.append(f"lguest_stdout={stdout_device}")
     return argv

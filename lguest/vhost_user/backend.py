@@ -182,7 +182,8 @@ class VhostUserTransport:
         self.protocol_features = value
 
     def _get_queue_num(self, msg):
-        return P.pack_u64(len(self.vrings))
+        # "The maximum number of queues": for net, QEMU and DPDK count queue pairs.
+        return P.pack_u64(getattr(self.device, "vhost_queue_num", len(self.vrings)))
 
     # -- ownership and reset -----------------------------------------------------------
     def _set_owner(self, msg):

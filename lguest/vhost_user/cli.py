@@ -3,7 +3,7 @@
 #L:770 The command line of the back-end on its own, for any vhost-user front-end:
 #
 #   lguest vhost-user --socket=/tmp/blk.sock --block=disk.img[,ro] [--queues=N]
-#   lguest vhost-user --socket=/tmp/net.sock --net=tap:NAME[:IPADDR]
+#   lguest vhost-user --socket=/tmp/net.sock --net=tap:NAME[:IPADDR[/PREFIX]][,queues=N]
 #   lguest vhost-user --socket=/tmp/a.sock --socket=/tmp/b.sock --net=pair
 #   lguest vhost-user --socket=/tmp/con.sock --console
 #   lguest vhost-user --socket=/tmp/rng.sock --rng
@@ -44,7 +44,7 @@ def parse_args(argv):
                    help="unix socket to listen on (twice with --net=pair)")
     kind = p.add_mutually_exclusive_group(required=True)
     kind.add_argument("--block", metavar="FILE[,ro]", help="a disk image")
-    kind.add_argument("--net", metavar="tap:NAME[:IP]|pair", help="a network card")
+    kind.add_argument("--net", metavar="tap:NAME[:IP[/PREFIX]][,queues=N]|pair", help="a network card")
     kind.add_argument("--console", action="store_true", help="a console on our stdin/stdout")
     kind.add_argument("--rng", action="store_true", help="an entropy source (/dev/urandom)")
     kind.add_argument("--fs", metavar="DIR", help="a host directory, as virtio-fs "
@@ -105,11 +105,7 @@ def serve(served, paths, stop, isolate=False):
         else:
             stop.wait()
     finally:
-        for server in servers:
-            server.close()
-            server.backend.disconnect()
-        for item in served:
-            item.close()
+        devices.stop_serving(servers, served)
 
 
 def main(argv=None):

@@ -14,7 +14,7 @@ import select
 import socket
 from dataclasses import dataclass, field
 
-from ..config import DeviceSpec, parse_block
+from ..config import DeviceSpec, parse_address, parse_block, parse_net_queues
 from ..errors import LauncherError
 from ..host.factory import HostResources, make_device
 from ..host.runner import ThreadedRunner
@@ -44,6 +44,16 @@ class Served:
             resource.close()
 
 
+def stop_serving(servers, items):
+    """Close the servers (their listeners and sessions, so no ring thread is left
+    serving), then the devices and what they opened, in that order."""
+    for server in servers:
+        server.close()
+        server.backend.disconnect()
+    for item in items:
+        item.close()
+
+
 # The console of `lguest vhost-user --console` is our stdin/stdout, but not the
 # launcher's terminal: no raw mode, and ^C is the shell's as usual.
 _HOST = HostResources(terminal=False)
@@ -63,20 +73,8 @@ def block(text, name="vda", num_queues=1):
 
 
 def fs(path, tag, read_only=False):
-    """A host directory as a virtio-fs device (L:391). Not yet a factory kind: only
-    vhost-user serves it."""
-    from ..devices.fs import FsDevice
-    from ..host.fs import SharedDirectory, raise_fd_limit
-    raise_fd_limit()
-    try:
-        shared = SharedDirectory(path, read_only=read_only)
-    except OSError as e:
-        raise LauncherError(f"--fs={path}: {e.strerror}") from None
-    try:
-        return Served(FsDevice(shared, tag, name=f"fs:{tag}"))
-    except ValueError as e:
-        shared.close()
-        raise LauncherError(f"--tag={tag}: {e}") from None
+    """A host directory as a virtio-fs device (L:391), mounted in the guest by `tag`."""
+    return serve(DeviceSpec("fs", path=path, tag=tag, read_only=read_only))
 
 
 def console(in_fd=0, out_fd=1):
@@ -88,14 +86,19 @@ def rng():
 
 
 def parse_tap(text, mac=None):
-    """'tap:NAME' or 'tap:NAME:IPADDR' (the host end's address) -> a net DeviceSpec."""
-    parts = text.split(":")
+    """'tap:NAME' or 'tap:NAME:IPADDR[/PREFIX]' (the host end's address, L:952), then
+    optionally ',queues=N' (queue pairs, a tap queue each, L:385) -> a net DeviceSpec."""
+    where, comma, options = text.partition(",")
+    parts = where.split(":")
     if len(parts) not in (2, 3) or parts[0] != "tap" or not parts[1]:
-        raise LauncherError(f"--net={text}: expected tap:NAME or tap:NAME:IPADDR")
+        raise LauncherError(f"--net={text}: expected tap:NAME or tap:NAME:IPADDR[/PREFIX]"
+                            "[,queues=N]")
+    spec = DeviceSpec("net", tap=parts[1], mac=mac)
     if len(parts) == 3:
-        from ..config import parse_ip
-        parse_ip(parts[2])
-    return DeviceSpec("net", tap=parts[1], ip=parts[2] if len(parts) == 3 else None, mac=mac)
+        spec.ip, spec.prefix = parse_address(parts[2])
+    if comma:
+        spec.queues = parse_net_queues(options)
+    return spec
 
 
 def net_tap(text, mac=None):

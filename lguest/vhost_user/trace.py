@@ -215,11 +215,13 @@ class DeviceRecorder:
         self._emit({"e": "call", "vq": queue_index}, queue_index)
 
 
-class RecordingQueue:
-    """A Virtqueue as the device sees it, telling the recorder what went through it."""
+class QueueWrapper:
+    """A Virtqueue seen through a wrapper: reads and writes of its fields reach the
+    queue; the wrapper's own state has a leading underscore. The recorder's and the
+    replay's wrappers (trace_replay.py) override pop() and push()."""
 
-    def __init__(self, recorder, index, queue):
-        self._recorder, self._index, self._queue = recorder, index, queue
+    def __init__(self, owner, index, queue):
+        self._owner, self._index, self._queue = owner, index, queue
         self._writable = {}
 
     def __getattr__(self, name):
@@ -232,6 +234,14 @@ class RecordingQueue:
             object.__setattr__(self, name, value)
         else:
             setattr(self._queue, name, value)
+
+
+class RecordingQueue(QueueWrapper):
+    """A Virtqueue as the device sees it, telling the recorder what went through it."""
+
+    @property
+    def _recorder(self):
+        return self._owner
 
     def _emit(self, event):
         self._recorder._emit(event, self._index)

@@ -11,8 +11,8 @@ from ..backends.tracefile import TraceDivergence, TraceError, read_trace
 from ..devices.block import CONFIG_SEG_MAX
 from ..devices.inmemory import BufferSink
 from . import protocol as P
-from .trace import (DEVICE_FEATURE_NAMES, FEATURE_NAMES, KIND, U16, describe_error,
-                    interrupt_fields, make_image, pop_event, push_event)
+from .trace import (DEVICE_FEATURE_NAMES, FEATURE_NAMES, KIND, U16, QueueWrapper,
+                    describe_error, interrupt_fields, make_image, pop_event, push_event)
 
 
 def build_device(spec):
@@ -227,23 +227,12 @@ class DeviceChecker:
                               + "\n  ".join(event_diff(want, got)))
 
 
-class CheckingQueue:
+class CheckingQueue(QueueWrapper):
     """The replay's Virtqueue wrapper: lays each recorded chain out just before pop()."""
 
-    def __init__(self, checker, index, queue):
-        self._checker, self._index, self._queue = checker, index, queue
-        self._writable = {}
-
-    def __getattr__(self, name):
-        return getattr(self._queue, name)
-
-    def __setattr__(self, name, value):
-        # Writes reach the queue too: give_back() steps last_avail_idx back, and on
-        # the wrapper alone that would lose the chain (recording changed behaviour).
-        if name.startswith("_"):
-            object.__setattr__(self, name, value)
-        else:
-            setattr(self._queue, name, value)
+    @property
+    def _checker(self):
+        return self._owner
 
     def _set_avail_idx(self, idx):
         self._queue.memory.write(self._queue.avail + 2, U16.pack(idx & 0xFFFF))

@@ -50,13 +50,7 @@ def need_real_lguest(*env):
 
 def guest_initrd(path, script):
     """Write a gzip'd cpio initrd: busybox and an /init running `script` after mounts."""
-    cpio = archive.CpioWriter()
-    for d in ("bin", "sbin", "proc", "sys", "dev", "tmp", "mnt"):
-        cpio.directory(d)
-    cpio.char_device("dev/console", 5, 1)
-    with open(BUSYBOX, "rb") as f:
-        cpio.file("bin/busybox", f.read(), perm=0o755)
-    cpio.symlink("bin/sh", "busybox")
+    cpio = archive.busybox_image(BUSYBOX, archive.BUSYBOX_DIRS + ("mnt",))
     cpio.file("init", (PRELUDE + script).encode(), perm=0o755)
     with open(path, "wb") as f:
         f.write(archive.gzip_bytes(cpio.finish()))

@@ -160,12 +160,7 @@ def test_full_boot_console_block_rng_net_and_exit_status(kernel, tmp_path):
         "ip link set eth0 up || ok=$((ok|4))",
         "echo lguest-kvm-verdict $ok",
         "printf \"\\\\$(printf %o $ok)\" | dd of=/dev/port bs=1 seek=1281 count=1", ""])
-    cpio = archive.CpioWriter()
-    for d in ("bin", "proc", "sys", "dev"):
-        cpio.directory(d)
-    cpio.char_device("dev/console", 5, 1)
-    cpio.file("bin/busybox", open(busybox, "rb").read(), perm=0o755)
-    cpio.symlink("bin/sh", "busybox")
+    cpio = archive.busybox_image(busybox)
     cpio.file("init", init.encode(), perm=0o755)
     initrd = tmp_path / "init.cpio.gz"
     initrd.write_bytes(archive.gzip_bytes(cpio.finish()))

@@ -19,6 +19,7 @@ import pytest
 from lguest.pci.config import CAP_OFFSET
 from lguest.pci.registers import ISR_OFFSET
 from lguest_host_guests import Launcher, guest_initrd, launcher_args, need_real_lguest
+from patterns import pattern
 
 HOST_IP, GUEST_IP = "10.77.0.1", "10.77.0.2"
 TYPED = "typed on the host side 42"
@@ -67,22 +68,13 @@ sleep 60
 """
 
 
-def disk_bytes(size, seed):
-    out = bytearray()
-    counter = 0
-    while len(out) < size:
-        out += hashlib.sha256(f"{seed}-{counter}".encode()).digest()
-        counter += 1
-    return bytes(out[:size])
-
-
 @pytest.fixture(scope="module")
 def boot(tmp_path_factory):
     need_real_lguest()
     tmp = tmp_path_factory.mktemp("devices")
     disk, ro_disk, jail = tmp / "disk.img", tmp / "ro.img", tmp / "jail"
-    disk.write_bytes(disk_bytes(DISK_SECTORS * 512, "rw"))
-    ro_disk.write_bytes(disk_bytes(128 * 512, "ro"))
+    disk.write_bytes(pattern("rw", DISK_SECTORS * 512))
+    ro_disk.write_bytes(pattern("ro", 128 * 512))
     jail.mkdir()
     initrd = guest_initrd(tmp / "guest.cpio.gz", GUEST_SCRIPT)
     run = Launcher(launcher_args(f"--block={disk}", f"--block={ro_disk},ro", "--rng",
@@ -107,8 +99,8 @@ def boot(tmp_path_factory):
             run.proc.kill()
             run.finish()
     run.disk, run.ro_disk = disk.read_bytes(), ro_disk.read_bytes()
-    run.disk_before = disk_bytes(DISK_SECTORS * 512, "rw")
-    run.ro_before = disk_bytes(128 * 512, "ro")
+    run.disk_before = pattern("rw", DISK_SECTORS * 512)
+    run.ro_before = pattern("ro", 128 * 512)
     run.jail = str(jail)
     return run
 

@@ -153,12 +153,7 @@ def find_guest_pages(pid, token, count, size):
 
 
 def driver_initrd(path):
-    cpio = archive.CpioWriter()
-    for d in ("bin", "sbin", "proc", "sys", "dev", "tmp"):
-        cpio.directory(d)
-    cpio.char_device("dev/console", 5, 1)
-    with open(BUSYBOX, "rb") as f:
-        cpio.file("bin/busybox", f.read(), perm=0o755)
+    cpio = archive.busybox_image(BUSYBOX)
     for guest, host in sorted(python_files().items()):
         with open(host, "rb") as f:
             cpio.file(guest.lstrip("/"), f.read(), perm=os.stat(host).st_mode & 0o777)

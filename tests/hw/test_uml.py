@@ -16,6 +16,7 @@ import time
 import pytest
 
 from lguest.uml.guest import Guest, GuestFailed, GuestTimeout
+from patterns import pattern
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TIMEOUT = 40
@@ -38,15 +39,6 @@ def private_tmp(short_dir, monkeypatch):
 
 def guest(uml, **options):
     return Guest(kit=uml, timeout=TIMEOUT, **options)
-
-
-def pattern(seed, size):
-    out = bytearray()
-    counter = 0
-    while len(out) < size:
-        out += hashlib.sha256(f"{seed}:{counter}".encode()).digest()
-        counter += 1
-    return bytes(out[:size])
 
 
 def test_command_output_and_exit_status_come_back_separately(uml, private_tmp):

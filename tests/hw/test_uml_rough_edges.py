@@ -6,20 +6,7 @@ import subprocess
 import sys
 import tempfile
 
-import pytest
-
-from lguest.errors import LauncherError
-from lguest.uml import kit
-
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-@pytest.fixture(scope="module")
-def uml():
-    try:
-        return kit.ensure_kit()
-    except LauncherError as e:
-        pytest.skip(f"no UML guest kit: {e}")
 
 
 def test_run_into_head_ends_quietly_and_leaves_nothing(uml):

@@ -72,7 +72,9 @@ def test_a_hung_command_times_out_and_the_next_run_reboots(lguest_guest):
 def lguest_guest_options(tmp_path):
     disk = tmp_path / "disk.img"
     disk.write_bytes(bytes(1 << 20))
-    return {"block": [str(disk)]}
+    # These tests pin down the busybox agent's own semantics (an empty /root, PATH and
+    # HOME only, its poweroff): the initramfs root. The host root's: test_uml_host_root.
+    return {"block": [str(disk)], "root": "initramfs"}
 
 
 def test_block_writes_reach_the_file_when_run_returns(lguest_guest, tmp_path):

@@ -25,11 +25,7 @@ def boot_with_shares(kit, command, shares, *, timeout=120, mem=256):
             devs.append((sock, ID_FS))
         outcome = process.boot(kit, command, workdir, timeout=timeout, devices=devs, mem=mem)
     finally:
-        for server in servers:
-            server.close()
-            server.backend.disconnect()
-        for item in served:
-            item.close()
+        devices.stop_serving(servers, served)
         shutil.rmtree(workdir, ignore_errors=True)
     return outcome, [item.device.stats for item in served]
 

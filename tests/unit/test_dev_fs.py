@@ -254,3 +254,38 @@ def test_chown_touch_now_fsyncdir_and_a_name_gone_from_the_listing(client, share
     rest = client.call(W.READDIRPLUS, 1, W.READ_IN.pack(dfh, 1, 4096, 0, 0, 0, 0))
     assert rest.error == 0                           # "..", and "f" skipped: it is gone
     assert len(rest.body) == W.ENTRY_OUT_SIZE + W.dirent_size(b"..")
+
+
+def test_a_read_only_share_lets_the_guest_keep_its_page_cache(share):
+    (share / "lib.so").write_bytes(b"\x7fELF")
+    for read_only, want in ((True, W.FOPEN_KEEP_CACHE | W.FOPEN_NOFLUSH), (False, 0)):
+        c = FuseClient(str(share), read_only=read_only)
+        flags = W.INIT_OUT.unpack_from(c.init().body)[3]
+        # The guest drops cached pages when it sees mtime or size change: the host may
+        # still change a read-only share's files.
+        assert flags & W.AUTO_INVAL_DATA
+        node = c.node(b"lib.so")
+        r, fh = c.open(node)
+        assert r.error == 0
+        assert W.OPEN_OUT.unpack_from(r.body)[1] == want
+        c.release(node, fh)
+        c.close()
+
+
+def test_a_read_only_share_answers_a_missing_name_with_a_cacheable_negative_entry(share):
+    ro = FuseClient(str(share), read_only=True)
+    rw = FuseClient(str(share))
+    try:
+        ro.init()
+        rw.init()
+        r = ro.lookup(b"not-there")
+        assert r.error == 0
+        nodeid, _, entry_valid, _, _, _ = W.ENTRY_OUT_HEAD.unpack_from(r.body)
+        assert (nodeid, entry_valid) == (0, 1) and len(r.body) == W.ENTRY_OUT_SIZE
+        assert rw.lookup(b"not-there").error == -errno.ENOENT   # may appear any moment
+        (share / "there").write_text("x")
+        assert ro.lookup(b"there").entry()[0] != 0
+        assert ro.lookup(b"a/b").error == -errno.EINVAL          # refused, not "absent"
+    finally:
+        ro.close()
+        rw.close()

@@ -116,6 +116,18 @@ def test_rx_stops_when_out_of_buffers_and_keeps_the_frame():
     assert not dev.wants_host_input(net.RX)
 
 
+def test_frames_before_any_rx_buffer_wait_counted_and_come_in_order():
+    # Early boot: the host answers (ARP) before the guest's driver posted rx buffers.
+    dev, rx, tx, tap = make()
+    tap.incoming = [vnet() + b"A" * 60, vnet() + b"B" * 60]
+    assert not dev.process(net.RX)
+    assert dev.stats["rx_waits"] == 1 and len(tap.incoming) == 2 and dev.stats["rx"] == 0
+    heads = [rx.add([], [2048])[0] for _ in range(2)]
+    assert dev.process(net.RX)
+    assert [h for h, _ in rx.used_entries()] == heads and dev.stats["rx"] == 2
+    assert tap.incoming == [] and dev.stats["rx_waits"] == 1
+
+
 @pytest.mark.parametrize("qi,readable,writable,rule", [
     (net.TX, [b"x" * 12], [4], "Input buffers in net output queue?"),
     (net.RX, [b"x"], [2048], "Output buffers in net input queue?"),

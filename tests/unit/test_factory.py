@@ -66,7 +66,7 @@ def test_a_tap_that_fails_to_configure_is_closed(monkeypatch, make):
         opened.append(FakeTap())
         return opened[-1]
 
-    def configure_device(name, ip=None):
+    def configure_device(name, ip=None, prefix=None):
         raise LauncherError(f"Setting {name} interface address: Operation not permitted")
 
     monkeypatch.setattr(tap_module, "open_tap", open_tap)
@@ -86,7 +86,7 @@ def test_a_named_tap_without_an_address_is_left_as_it_is(monkeypatch):
     finally:
         dev.device.close()          # the fake tap has no fd to close
     new = build_device(DeviceSpec("net"))      # a new tap is always brought up
-    assert configured == [("tap%d", None)] and new.description == "tun tap%d: no address"
+    assert configured == [("tap%d", None, None)] and new.description == "tun tap%d: no address"
 
 
 def test_a_bad_mac_fails_before_a_tap_is_opened(monkeypatch):
@@ -98,7 +98,7 @@ def test_a_bad_mac_fails_before_a_tap_is_opened(monkeypatch):
 
 
 def test_unknown_kind_names_the_known_ones():
-    with pytest.raises(LauncherError, match="known: block, console, net, rng"):
+    with pytest.raises(LauncherError, match="known: block, console, fs, net, rng"):
         factory.make_device(DeviceSpec("gpu"), factory.InMemoryResources())
 
 
@@ -109,4 +109,36 @@ def test_simulation_builds_through_the_factory():
 
 
 def test_every_kind_has_one_entry():
-    assert set(factory.DEVICE_KINDS) == {"console", "block", "rng", "net"}
+    assert set(factory.DEVICE_KINDS) == {"console", "block", "rng", "net", "fs"}
+
+
+def test_a_shared_directory_is_a_factory_kind(tmp_path):
+    (tmp_path / "hello").write_text("hi")
+    built = factory.make_device(DeviceSpec("fs", path=str(tmp_path), tag="share",
+                                           read_only=True), factory.HostResources(terminal=False))
+    try:
+        assert built.device.tag == b"share" and built.device.name == "fs:share"
+        assert built.device.fs.read_only and "read-only" in built.description
+    finally:
+        built.close()
+    # vhost-user's --fs is the same factory kind
+    item = served.fs(str(tmp_path), "other")
+    assert item.device.fs.path == str(tmp_path) and not item.device.fs.read_only
+    item.close()
+
+
+def test_a_share_that_fails_is_closed_and_named(tmp_path, monkeypatch):
+    closed = []
+    from lguest.host import fs as host_fs
+    real_close = host_fs.SharedDirectory.close
+    monkeypatch.setattr(host_fs.SharedDirectory, "close",
+                        lambda self: (closed.append(self.path), real_close(self)))
+    with pytest.raises(LauncherError, match="--tag="):
+        factory.make_device(DeviceSpec("fs", path=str(tmp_path), tag="x" * 40),
+                            factory.HostResources(terminal=False))
+    assert closed == [str(tmp_path)]
+    with pytest.raises(LauncherError, match="no in-memory shared directory"):
+        factory.make_device(DeviceSpec("fs", path=str(tmp_path), tag="t"),
+                            factory.InMemoryResources())
+    with pytest.raises(LauncherError, match="needs a directory"):
+        factory.make_device(DeviceSpec("fs", tag="t"), factory.HostResources(terminal=False))

@@ -162,7 +162,7 @@ def test_eio_from_a_device_mapper_error_target(caplog):
 
 @needs_tap
 def test_tap_that_disappears_is_survived_without_spinning(caplog):
-    host = build_device(DeviceSpec("net", ip="10.213.9.1"))
+    host = build_device(DeviceSpec("net", ip="10.213.9.1", prefix=24))
     guest = Guest(host.device, runners=[host.runner])
     (h,) = guest.handles
     tap = host.resources[0]

@@ -50,7 +50,9 @@ def find_frame(sock, marker, timeout=5.0):
 
 @pytest.fixture
 def netdev():
-    host = build_device(DeviceSpec("net", ip="10.213.7.1", mac=GUEST_MAC))
+    # /24: a classful 10.x tap would route all of 10.0.0.0/8 and could take the replies
+    # of other 10.x taps on this host (other tests' guests).
+    host = build_device(DeviceSpec("net", ip="10.213.7.1", prefix=24, mac=GUEST_MAC))
     guest = Guest(host.device, runners=[host.runner])
     tap = host.resources[0]
     yield host, guest, tap
@@ -71,6 +73,53 @@ def test_tap_is_configured_up_with_the_address(netdev):
         ifreq = struct.pack("16s24x", tap.name.encode())
         addr = fcntl.ioctl(s.fileno(), 0x8915, ifreq)        # SIOCGIFADDR
     assert socket.inet_ntoa(addr[20:24]) == "10.213.7.1"
+    assert netmask(tap.name) == "255.255.255.0"
+
+
+@needs_tap
+def test_without_a_prefix_the_address_is_classful_as_the_seeds():
+    # 100.x: a class A address outside 10/8, so this /8 overlaps no other test's tap.
+    host = build_device(DeviceSpec("net", ip="100.213.7.1"))
+    try:
+        tap = host.resources[0]
+        assert netmask(tap.name) == "255.0.0.0"
+        assert routes_of(tap.name) == [("100.0.0.0", "255.0.0.0")]
+    finally:
+        host.close()
+
+
+def netmask(ifname):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        ifreq = struct.pack("16s24x", ifname.encode())
+        return socket.inet_ntoa(fcntl.ioctl(s.fileno(), 0x891B, ifreq)[20:24])   # SIOCGIFNETMASK
+
+
+def routes_of(ifname):
+    """The IPv4 routes through ifname, from /proc/net/route: (destination, mask) texts."""
+    found = []
+    with open("/proc/net/route") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if fields[0] == ifname:
+                dest, mask = (socket.inet_ntoa(struct.pack("<I", int(x, 16))) for x in (fields[1], fields[7]))
+                found.append((dest, mask))
+    return found
+
+
+@needs_tap
+def test_two_taps_with_prefixes_route_only_their_own_subnets():
+    # Classful, both would route 10.0.0.0/8 and the second would take the first's replies.
+    a = build_device(DeviceSpec("net", ip="10.214.1.1", prefix=24))
+    b = build_device(DeviceSpec("net", ip="10.214.2.1", prefix=24))
+    try:
+        ta, tb = a.resources[0], b.resources[0]
+        assert (netmask(ta.name), netmask(tb.name)) == ("255.255.255.0", "255.255.255.0")
+        assert routes_of(ta.name) == [("10.214.1.0", "255.255.255.0")]
+        assert routes_of(tb.name) == [("10.214.2.0", "255.255.255.0")]
+        assert "10.214.1.1/24" in a.description
+    finally:
+        a.close()
+        b.close()
 
 
 @needs_tap

@@ -69,3 +69,10 @@ def test_the_qemu_command_is_the_documented_one():
     joined = " ".join(cmd)
     assert joined.startswith("qemu-system-i386 -accel tcg -cpu coreduo -m 512 -nographic -no-reboot")
     assert "-kernel bz -initrd i.cpio.gz" in joined and "console=ttyS0" in joined
+
+
+def test_a_hung_apt_command_fails_with_a_message_instead_of_hanging():
+    with pytest.raises(LauncherError, match=r"`sleep 5` did not finish in 0.2 s"):
+        kit._run(["sleep", "5"], timeout=0.2)
+    with pytest.raises(LauncherError, match="no-such-apt-get is missing"):
+        kit._run(["no-such-apt-get"])

@@ -126,6 +126,17 @@ def test_cpio_entries_are_aligned_and_typed():
     assert b"TRAILER!!!\0" in data[-16:]
 
 
+def test_busybox_image_has_what_a_small_init_needs(tmp_path):
+    busybox = tmp_path / "busybox"
+    busybox.write_bytes(b"\x7fELF not really")
+    cpio = archive.busybox_image(str(busybox), archive.BUSYBOX_DIRS + ("mnt",))
+    cpio.file("init", b"#!/bin/sh\n", perm=0o755)
+    entries = {n: (mode, body) for n, mode, body, _ in archive.read_cpio(cpio.finish())}
+    assert entries["bin/busybox"] == (stat.S_IFREG | 0o755, b"\x7fELF not really")
+    assert entries["bin/sh"][1] == b"busybox" and stat.S_ISCHR(entries["dev/console"][0])
+    assert all(stat.S_ISDIR(entries[d][0]) for d in ("proc", "sys", "tmp", "mnt", "sbin"))
+
+
 @pytest.mark.parametrize("bad", ["../up", "a/../b", ""])
 def test_cpio_refuses_names_that_escape(bad):
     with pytest.raises(LauncherError):
@@ -221,12 +232,14 @@ def test_initramfs_holds_busybox_modules_and_init(tmp_path):
     bb = tmp_path / "busybox"
     bb.write_bytes(b"\x7fELF-busybox")
     image = kit.build_initramfs(str(bb), [("failover", b"F"), ("virtio_net", b"N")])
-    entries = {n: (mode, body) for n, mode, body, _ in archive.read_cpio(gzip.decompress(image))}
+    entries = {n: (mode, body) for n, mode, body, _ in archive.read_cpio(image)}
     assert entries["bin/busybox"] == (stat.S_IFREG | 0o755, b"\x7fELF-busybox")
     assert entries["lib/modules/load-order"][1] == b"failover\nvirtio_net\n"
     assert entries["lib/modules/virtio_net.ko"][1] == b"N"
     assert entries["init"][0] & 0o111 and entries["init"][1].startswith(b"#!/bin/sh")
     assert "dev/console" in entries
+    assert stat.S_ISDIR(entries["host"][0])          # the host root's mount point
+    assert image[:6] == b"070701"                    # plain cpio newc, not gzip'd
 
 
 def test_fetch_debs_uses_what_is_cached_without_apt(tmp_path, monkeypatch):

@@ -57,10 +57,22 @@ class Session:
         self.thread.start()
         self.fe = Frontend(ours, **frontend_args)
 
+    def ready_queue(self, size=8):
+        """Negotiate everything offered, share the memory and set up queue 0."""
+        self.fe.negotiate()
+        self.fe.set_mem_table()
+        return self.fe.setup_queue(0, size)
+
     def close(self):
         self.fe.close()
         self.thread.join(5)
         assert not self.thread.is_alive()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 @pytest.fixture

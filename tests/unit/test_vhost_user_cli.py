@@ -1,5 +1,6 @@
 """`lguest vhost-user`: argument handling, a served socket, console and net-pair devices."""
 
+import contextlib
 import os
 import struct
 import threading
@@ -30,12 +31,13 @@ def test_main_reports_a_missing_file_in_one_line(capsys, tmp_path):
     assert err.count("\n") == 1 and "nope" in err
 
 
-def test_block_served_on_a_unix_socket_then_cleaned_up(tmp_path):
-    image = tmp_path / "disk.img"
-    image.write_bytes(b"\xAB" * 4096)
-    sock = str(tmp_path / "blk.sock")
+@contextlib.contextmanager
+def cli_serving(argv):
+    """`lguest vhost-user ARGV` served on a thread until the block ends; yields the
+    socket's path once it exists, and checks that stopping removed it."""
+    args = cli.parse_args(argv)
+    sock = argv[argv.index("--socket") + 1]
     stop = threading.Event()
-    args = cli.parse_args(["--socket", sock, "--block", f"{image},ro"])
     thread = threading.Thread(target=cli.serve, args=(cli.build(args), args.socket, stop))
     thread.start()
     try:
@@ -43,6 +45,18 @@ def test_block_served_on_a_unix_socket_then_cleaned_up(tmp_path):
             if os.path.exists(sock):
                 break
             threading.Event().wait(0.01)
+        yield sock
+    finally:
+        stop.set()
+        thread.join(5)
+    assert not thread.is_alive() and not os.path.exists(sock)
+
+
+def test_block_served_on_a_unix_socket_then_cleaned_up(tmp_path):
+    image = tmp_path / "disk.img"
+    image.write_bytes(b"\xAB" * 4096)
+    sock = str(tmp_path / "blk.sock")
+    with cli_serving(["--socket", sock, "--block", f"{image},ro"]):
         for _ in range(2):                           # a second front-end after the first
             with Frontend.connect(sock) as fe:
                 offered = fe.negotiate()
@@ -53,10 +67,6 @@ def test_block_served_on_a_unix_socket_then_cleaned_up(tmp_path):
                 q.kick()
                 used = q.wait_used()[0]
                 assert used.data == b"\xAB" * 512 + b"\0"
-    finally:
-        stop.set()
-        thread.join(5)
-    assert not thread.is_alive() and not os.path.exists(sock)
 
 
 def test_console_output_reaches_the_sink(tmp_path):
@@ -101,11 +111,7 @@ def test_net_pair_carries_a_frame_from_one_guest_to_the_other(tmp_path):
             assert got.data[12:] == frame[12:]
             assert struct.unpack_from("<H", got.data, 10)[0] == 1      # num_buffers
     finally:
-        for s in servers:
-            s.close()
-            s.backend.disconnect()
-        for s in pair:
-            s.close()
+        devices.stop_serving(servers, pair)
 
 
 def test_bench_completes_requests_both_ways(tmp_path):

@@ -47,8 +47,7 @@ def without_reply_ack(fe, features):
 def test_rng_on_qemus_features_serves_every_request():
     """Before: "over-accepted features", the ring ran without EVENT_IDX while the
     driver used it, never wrote avail_event, and the driver's second read never kicked."""
-    s = Session(VhostUserBackend(RngDevice(Urandom())), regions=((0, 1 << 20),))
-    try:
+    with Session(VhostUserBackend(RngDevice(Urandom())), regions=((0, 1 << 20),)) as s:
         fe = s.fe
         without_reply_ack(fe, QEMU_RNG_FEATURES)
         fe.set_mem_table()
@@ -60,14 +59,11 @@ def test_rng_on_qemus_features_serves_every_request():
             (used,) = q.wait_used(timeout=3)
             assert used.len == 64
         assert s.backend.negotiated & EVENT_IDX
-    finally:
-        s.close()
 
 
 def test_event_idx_suppresses_interrupts_and_asks_for_the_next_kick(disk):
     _, store, pattern = disk
-    s = Session(VhostUserBackend(BlockDevice(store)))
-    try:
+    with Session(VhostUserBackend(BlockDevice(store))) as s:
         fe = s.fe
         fe.negotiate()                                   # everything offered: EVENT_IDX too
         assert fe.features & EVENT_IDX
@@ -91,22 +87,17 @@ def test_event_idx_suppresses_interrupts_and_asks_for_the_next_kick(disk):
         assert not q.wait_call(0.3)
         assert fe.memory.read_u16(ring.used_addr + 2) == 2        # it was served
         assert [u.data[:SECTOR] for u in ring.collect()] == [pattern[SECTOR:2 * SECTOR]]
-    finally:
-        s.close()
 
 
 def test_features_beyond_the_offer_are_taken_and_logged_once(disk, caplog):
     _, store, _ = disk
-    s = Session(VhostUserBackend(BlockDevice(store)))
-    try:
+    with Session(VhostUserBackend(BlockDevice(store))) as s:
         fe = s.fe
         without_reply_ack(fe, QEMU_RNG_FEATURES | 1 << 60)
         without_reply_ack(fe, QEMU_RNG_FEATURES | 1 << 60)
         assert fe.ask_u64(P.GET_QUEUE_NUM) >= 1            # the session goes on
         assert s.backend.features == QEMU_RNG_FEATURES | 1 << 60
         assert caplog.text.count("beyond our offer") == 1
-    finally:
-        s.close()
 
 
 def test_block_seg_max_fits_qemus_ring_over_vhost_user_only(disk):

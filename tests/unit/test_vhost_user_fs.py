@@ -3,7 +3,6 @@
 import errno
 import os
 import struct
-import threading
 
 import pytest
 
@@ -12,6 +11,7 @@ from lguest.errors import LauncherError
 from lguest.vhost_user import cli
 from lguest.vhost_user import served as devices
 from lguest.vhost_user.frontend import Frontend
+from test_vhost_user_cli import cli_serving
 
 
 def test_fs_needs_a_tag_and_ro_needs_fs():
@@ -39,15 +39,7 @@ def test_front_end_reads_the_tag_byte_by_byte_and_gets_answers(tmp_path):
     share.mkdir()
     (share / "hello").write_text("hi")
     sock = str(tmp_path / "fs.sock")
-    stop = threading.Event()
-    args = cli.parse_args(["--socket", sock, "--fs", str(share), "--tag", "myfs"])
-    thread = threading.Thread(target=cli.serve, args=(cli.build(args), args.socket, stop))
-    thread.start()
-    try:
-        for _ in range(200):
-            if os.path.exists(sock):
-                break
-            threading.Event().wait(0.01)
+    with cli_serving(["--socket", sock, "--fs", str(share), "--tag", "myfs"]):
         with Frontend.connect(sock) as fe:
             fe.negotiate()
             # virtio_uml reads the config one byte per GET_CONFIG message
@@ -67,10 +59,6 @@ def test_front_end_reads_the_tag_byte_by_byte_and_gets_answers(tmp_path):
                 if want == 0:
                     attr = W.ATTR.unpack_from(used.data, 16 + W.ENTRY_OUT_HEAD.size)
                     assert attr[1] == 2                          # size of "hi"
-    finally:
-        stop.set()
-        thread.join(5)
-    assert not thread.is_alive() and not os.path.exists(sock)
 
 
 def test_serving_a_directory_raises_the_soft_fd_limit():

@@ -51,12 +51,8 @@ def ring_without_kick_fd(fe, size=8):
 def test_a_kick_fd_that_is_not_an_eventfd_does_not_spin(disk, kind):
     _, store, _ = disk
     CountingRunner.calls = 0
-    s = Session(VhostUserBackend(BlockDevice(store), runner_factory=CountingRunner))
-    try:
-        fe = s.fe
-        fe.negotiate()
-        fe.set_mem_table()
-        q = fe.setup_queue(0, 8)
+    with Session(VhostUserBackend(BlockDevice(store), runner_factory=CountingRunner)) as s:
+        fe, q = s.fe, s.ready_queue()
         if kind == "memfd":
             fd = os.memfd_create("kick")
             os.write(fd, b"x" * 64)
@@ -76,8 +72,6 @@ def test_a_kick_fd_that_is_not_an_eventfd_does_not_spin(disk, kind):
         # The session still answers, and a proper kick fd serves the ring again.
         fe.request(P.SET_VRING_KICK, P.pack_u64(0), [q.kick_fd])
         assert blk_request(q, 0, 0, read_len=SECTOR)[-1:] == b"\0"
-    finally:
-        s.close()
 
 
 def console_session():
@@ -156,12 +150,8 @@ class CountingDevice(BlockDevice):
 
 def test_set_vring_call_and_err_do_not_reset_the_device(disk):
     _, store, _ = disk
-    s = Session(VhostUserBackend(CountingDevice(store)))
-    try:
-        fe = s.fe
-        fe.negotiate()
-        fe.set_mem_table()
-        q = fe.setup_queue(0, 8)
+    with Session(VhostUserBackend(CountingDevice(store))) as s:
+        fe, q = s.fe, s.ready_queue()
         blk_request(q, 0, 0, read_len=SECTOR)
         before = (CountingDevice.resets, CountingDevice.activations)
         for _ in range(3):                    # QEMU: at each MSI-X mask and unmask
@@ -174,31 +164,22 @@ def test_set_vring_call_and_err_do_not_reset_the_device(disk):
         assert (CountingDevice.resets, CountingDevice.activations) == before
         fe.request(P.SET_VRING_CALL, P.pack_u64(0), [q.call_fd])
         assert blk_request(q, 0, 1, read_len=SECTOR)[-1:] == b"\0"
-    finally:
-        s.close()
 
 
 def test_get_vring_base_after_a_broken_ring_counts_the_chains_taken(disk):
     _, store, _ = disk
-    s = Session(VhostUserBackend(BlockDevice(store)))
-    try:
-        fe, backend = s.fe, s.backend
-        fe.negotiate()
-        fe.set_mem_table()
-        q = fe.setup_queue(0, 8)
+    with Session(VhostUserBackend(BlockDevice(store))) as s:
+        fe, backend, q = s.fe, s.backend, s.ready_queue()
         blk_request(q, 0, 0, read_len=SECTOR)               # avail index 1
         q.ring.add_chain([(1 << 40, 16)], [(0x10000, 1)])   # index 2: broken
         q.kick()
         assert wait_for(lambda: backend.errors, 3)
         assert fe.get_vring_base(0) == 2                      # before: 0
-    finally:
-        s.close()
 
 
 def test_call_and_err_fds_stay_blocking_for_the_front_end(disk):
     _, store, _ = disk
-    s = Session(VhostUserBackend(BlockDevice(store)))
-    try:
+    with Session(VhostUserBackend(BlockDevice(store))) as s:
         fe = s.fe
         fe.negotiate()
         fe.set_mem_table()
@@ -213,18 +194,12 @@ def test_call_and_err_fds_stay_blocking_for_the_front_end(disk):
         assert os.get_blocking(call) and os.get_blocking(err)
         os.close(call)
         os.close(err)
-    finally:
-        s.close()
 
 
 def test_a_full_pipe_as_call_fd_never_blocks_the_ring(disk):
     _, store, _ = disk
-    s = Session(VhostUserBackend(BlockDevice(store)))
-    try:
-        fe = s.fe
-        fe.negotiate()
-        fe.set_mem_table()
-        q = fe.setup_queue(0, 8)
+    with Session(VhostUserBackend(BlockDevice(store))) as s:
+        fe, q = s.fe, s.ready_queue()
         r, w = os.pipe()                                   # blocking, as virtio_uml's
         os.set_blocking(w, False)
         while True:
@@ -241,18 +216,12 @@ def test_a_full_pipe_as_call_fd_never_blocks_the_ring(disk):
         assert wait_for(lambda: len(q.ring.collect()) or False, 3)
         assert fe.get_vring_base(0) == 3                   # and the session answers
         os.close(r)
-    finally:
-        s.close()
 
 
 def test_a_buffer_across_two_adjacent_regions_is_served(disk):
     _, store, pattern = disk
-    s = Session(VhostUserBackend(BlockDevice(store)), regions=((0, 1 << 20), (1 << 20, 1 << 20)))
-    try:
-        fe = s.fe
-        fe.negotiate()
-        fe.set_mem_table()
-        q = fe.setup_queue(0, 8)
+    with Session(VhostUserBackend(BlockDevice(store)), regions=((0, 1 << 20), (1 << 20, 1 << 20))) as s:
+        fe, q = s.fe, s.ready_queue()
         header = 0x8000
         fe.memory.write(header, struct.pack("<IIQ", 0, 0, 3))
         across = (1 << 20) - 100                 # 100 bytes in the first, 412 in the next
@@ -263,22 +232,17 @@ def test_a_buffer_across_two_adjacent_regions_is_served(disk):
         assert fe.memory.read(across, SECTOR) == pattern[3 * SECTOR:4 * SECTOR]
         assert fe.memory.read(status, 1) == b"\0"
         assert not s.backend.errors
-    finally:
-        s.close()
 
 
 def test_a_queue_larger_than_the_device_takes_is_refused(disk):
     _, store, _ = disk
     device = BlockDevice(store)
-    s = Session(VhostUserBackend(device))
-    try:
+    with Session(VhostUserBackend(device)) as s:
         fe = s.fe
         fe.negotiate()
         with pytest.raises(FrontendError, match="failed"):
             fe.request(P.SET_VRING_NUM, P.pack_state(0, device.vhost_user_queue_max_size * 2))
         fe.request(P.SET_VRING_NUM, P.pack_state(0, device.vhost_user_queue_max_size))
-    finally:
-        s.close()
 
 
 def test_ring_errors_served_in_process_leak_no_fd_or_mapping(disk):
