@@ -29,6 +29,10 @@ class VirtioDevice:
     device_id = 0              # virtio device type (lguest.virtio.ID_*)
     queue_names = ()           # e.g. ("input", "output")
     queue_max_size = 256       # the largest ring the device accepts, per queue
+    # A vhost-user front-end sizes the rings itself, and QEMU's largest (queue-size=,
+    # rx_queue_size=, its VIRTQUEUE_MAX_SIZE) is 1024: refusing what QEMU may ask for
+    # hangs its guest at boot (L:205); more than that bounds nothing useful.
+    vhost_user_queue_max_size = 1024
 
     def __init__(self, name: str | None = None):
         self.name = name or type(self).__name__.lower()

@@ -135,7 +135,9 @@ class VhostUserTransport:
             log.warning("vhost-user %s: %s refused: %s", self.device.name, msg.name, e)
             if msg.request in ANSWERED:
                 raise P.ProtocolError(e.rule, detail=e.detail) from e
-            return P.encode_reply(msg.request, P.pack_u64(1)) if msg.need_reply else None
+            if not msg.need_reply:
+                return self._refused_unheard(e)
+            return P.encode_reply(msg.request, P.pack_u64(1))
         finally:
             for fd in msg.fds:             # anything a message carried but did not need
                 os.close(fd)
@@ -267,12 +269,8 @@ class VhostUserTransport:
     def _set_vring_num(self, msg):
         index, num = P.decode_state(msg)
         vring = self._vring(index)
-        # L:205: a power of 2, at most 32768 -- and no larger than the device takes, as
-        # over PCI (queue_size is capped at queue_max_size there).
-        problem = queue_size_problem(num)
-        limit = min(virtio.MAX_QUEUE_SIZE, self.device.queue_max_size)
-        if not problem and num > limit:
-            problem = f"{num} (max {limit})"
+        # L:205: a power of 2, up to QEMU's largest (1024), not the PCI queue_max_size.
+        problem = queue_size_problem(num, self.device.vhost_user_queue_max_size)
         if problem:
             raise P.RequestError("invalid queue size", queue=index, detail=problem)
         self._set_up(vring, num=num)
@@ -471,6 +469,12 @@ class VhostUserTransport:
         vring = self.vrings[queue_index]
         with vring.signal_lock:
             signal_fd(vring.call_fd)
+
+    def _refused_unheard(self, error):
+        """No reply asked (QEMU asks none for ring set-up): fire the ring's err fd."""
+        if isinstance(error.queue, int) and 0 <= error.queue < len(self.vrings):
+            with self.vrings[error.queue].signal_lock:
+                signal_fd(self.vrings[error.queue].err_fd)
 
     def _ring_error(self, vring, error):
         if isinstance(error, GuestError):

@@ -1,6 +1,7 @@
 """The socket side: accept a front-end, read its messages with their fds, reply.
 
-#L:740 One front-end at a time, as vhost-user intends (a device has one driver). The
+#L:740 One front-end at a time, as vhost-user intends (a device has one driver); one
+# that connects while another is served is refused at once (L:744). The
 # socket thread reads a 12-byte header with recvmsg() -- a sender's SCM_RIGHTS fds
 # arrive with the first byte of its message, so with the header -- then exactly the
 # payload the header announces, hands the Message to the backend (L:720) and writes
@@ -135,14 +136,34 @@ class VhostUserServer:
                 if self._stopping.is_set():
                     return
                 raise
-            self.connections += 1
-            self._conn = conn
-            log.info("vhost-user %s: front-end connected on %s", self.backend.device.name, self.path)
+            while conn is not None:
+                if self._stopping.is_set():
+                    conn.close()
+                    return
+                conn = self._serve_refusing_others(conn)
+
+    def _serve_refusing_others(self, conn):
+        """Serve conn's session on this thread; meanwhile another thread refuses any
+        other front-end (L:744). Returns a connection that came in as the session
+        ended (its front-end hung up and came back), to be served next, or None."""
+        self.connections += 1
+        self._conn = conn
+        log.info("vhost-user %s: front-end connected on %s", self.backend.device.name, self.path)
+        done, handed = os.eventfd(0, os.EFD_CLOEXEC), []
+        refuser = threading.Thread(target=_refuse_while_serving, args=(self, done, handed),
+                                   daemon=True, name=f"vhost-user-refuse-{self.backend.device.name}")
+        refuser.start()
+        try:
             if self.isolate:
                 self._serve_in_child(conn)
             else:
                 serve_connection(self.backend, conn)
+        finally:
             self._conn = None
+            os.eventfd_write(done, 1)       # wakes the refuser's poll at once
+            refuser.join()
+            os.close(done)
+        return handed[0] if handed else None
 
     def _serve_in_child(self, conn):
         """Fork (on this, the accepting thread), wait for the session to end, reap it."""
@@ -216,8 +237,55 @@ class VhostUserServer:
 # from the one thread that calls this -- the main thread -- so that no fork() ever
 # happens while another thread of ours runs: a thread holding a lock (logging's, a
 # buffered stream's) at the moment of a fork leaves that lock held for ever in the
-# child. One poll() watches every idle listener and, through a pidfd, every live
-# session; a server whose session is live does not accept, as in serve_forever().
+# child. One poll() watches every listener and, through a pidfd, every live session.
+# A front-end that connects while another's session is live is refused at once, as
+# qemu-storage-daemon does ("Only one vhost-user client is allowed"): it sees the socket
+# close (QEMU: "Failed to read msg header", and it exits). Left queued in the backlog,
+# a second QEMU sent GET_FEATURES and waited for ever, silently. A front-end that hung
+# up and connects again at once is not refused: a newcomer waits up to REFUSE_GRACE
+# for the live session to end, and is served if it does. (Deciding by whether the live
+# session's peer had hung up raced: one cycle in ~1000 quick reconnects was refused.)
+REFUSE_GRACE = 2.0     # seconds a new front-end waits for the live session to end
+
+
+def _refuse_while_serving(server, done, handed):
+    """serve_forever's helper thread: refuse other front-ends while a session is served,
+    until the eventfd `done` fires; one that comes as the session ends is handed back."""
+    poller = select.poll()
+    poller.register(server.listener, select.POLLIN)
+    poller.register(done, select.POLLIN)
+    while True:
+        try:
+            ready = {fd for fd, _ in poller.poll()}
+            if done in ready:
+                return
+            conn, _ = server.listener.accept()
+        except OSError:
+            return                      # the listener closed: the server is stopping
+        # A front-end that hung up and came straight back may be here before its old
+        # session has ended: give the session a moment to end, then serve it next.
+        if select.select([done], [], [], REFUSE_GRACE)[0]:
+            handed.append(conn)
+            return
+        _refuse_busy(server, conn)
+
+
+def _ending_session(server, live):
+    """The pidfd of server's live session if it ends within REFUSE_GRACE (a front-end
+    that hung up and came straight back may be here before we have reaped its old
+    session); None if it goes on."""
+    for pidfd, (owner, _, _) in live.items():
+        if owner is server:
+            return pidfd if select.select([pidfd], [], [], REFUSE_GRACE)[0] else None
+    return None
+
+
+def _refuse_busy(server, conn):
+    conn.close()
+    log.warning("vhost-user %s: refused a second front-end on %s: one is connected "
+                "(a socket serves one at a time)", server.backend.device.name, server.path)
+
+
 def serve_isolated(servers, stop, interval=0.2):
     """Serve `servers` (isolate=True) on this thread until `stop` is set."""
     poller = select.poll()
@@ -226,18 +294,27 @@ def serve_isolated(servers, stop, interval=0.2):
     for fd in listening:
         poller.register(fd, select.POLLIN)
     try:
+        def finish(pidfd):
+            server, session, conn = live.pop(pidfd)
+            poller.unregister(pidfd)
+            os.close(pidfd)
+            server._conn = None
+            server._end_session(session, conn)
+
         while not stop.is_set():
-            for fd, _ in poller.poll(interval * 1000):
+            events = sorted(poller.poll(interval * 1000), key=lambda e: e[0] not in live)
+            for fd, _ in events:
                 if fd in live:
-                    server, session, conn = live.pop(fd)
-                    poller.unregister(fd)
-                    os.close(fd)
-                    server._conn = None
-                    server._end_session(session, conn)
-                    poller.register(server.listener.fileno(), select.POLLIN)
+                    finish(fd)
                     continue
                 server = listening[fd]
                 conn, _ = server.listener.accept()
+                if server._conn is not None:
+                    ending = _ending_session(server, live)
+                    if ending is None:
+                        _refuse_busy(server, conn)
+                        continue
+                    finish(ending)
                 server.connections += 1
                 log.info("vhost-user %s: front-end connected on %s", server.backend.device.name, server.path)
                 session = server._start_session(conn)
@@ -246,7 +323,6 @@ def serve_isolated(servers, stop, interval=0.2):
                 server._conn = conn
                 pidfd = os.pidfd_open(session.pid)
                 live[pidfd] = (server, session, conn)
-                poller.unregister(fd)
                 poller.register(pidfd, select.POLLIN)
     finally:
         for pidfd, (server, session, conn) in live.items():

@@ -268,3 +268,22 @@ def test_net_pair_forks_its_sessions_from_a_single_threaded_server(tmp_path):
         proc.terminate()
         proc.wait(10)
         log.close()
+
+
+def test_a_second_front_end_while_one_is_connected_is_refused_not_left_waiting(tmp_path):
+    # Real QEMU, a second instance on a socket in use: it sent GET_FEATURES into our
+    # listen backlog and waited for ever, silently. Now its socket closes at once and
+    # we say why; the first session goes on, and the socket serves the next one after.
+    from lguest.vhost_user.frontend import FrontendError
+    with backend_process(tmp_path) as (proc, sock, image, log):
+        def second_front_end(first):
+            with connect(sock) as fe:
+                start = time.monotonic()
+                with pytest.raises((FrontendError, OSError)):
+                    fe.negotiate()
+                assert time.monotonic() - start < 5     # the socket closed: no 10 s timeout
+        data = block_session(sock, 5, 0x33, during=second_front_end)
+        assert data == b"\x33" * SECTOR
+        assert block_session(sock, 6, 0x44) == b"\x44" * SECTOR
+        log.seek(0)
+        assert "refused a second front-end" in log.read()

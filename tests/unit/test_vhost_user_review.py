@@ -241,8 +241,8 @@ def test_a_queue_larger_than_the_device_takes_is_refused(disk):
         fe = s.fe
         fe.negotiate()
         with pytest.raises(FrontendError, match="failed"):
-            fe.request(P.SET_VRING_NUM, P.pack_state(0, device.queue_max_size * 2))
-        fe.request(P.SET_VRING_NUM, P.pack_state(0, device.queue_max_size))
+            fe.request(P.SET_VRING_NUM, P.pack_state(0, device.vhost_user_queue_max_size * 2))
+        fe.request(P.SET_VRING_NUM, P.pack_state(0, device.vhost_user_queue_max_size))
 
 
 def test_ring_errors_served_in_process_leak_no_fd_or_mapping(disk):
