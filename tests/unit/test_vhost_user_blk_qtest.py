@@ -220,3 +220,53 @@ def test_multiqueue_one_queue_has_no_mq_eight_serve_requests_on_each(disk):
         assert image[:8 * SECTOR] == pattern[:8 * SECTOR] and not s.backend.errors
     finally:
         s.close()
+
+
+def test_multiqueue_front_end_using_fewer_queues_than_offered(disk):
+    """Linux's virtio_blk takes min(num_queues, CPUs) queues: a one-CPU guest (UML is
+    one) of an eight-queue disk sets up queue 0 only, and must be served."""
+    _, store, pattern = disk
+    s, _ = start(store, num_queues=8)
+    try:
+        fe = s.fe
+        q = fe.setup_queue(0, 16)
+        r = request(fe, T_IN, 2, data_len=SECTOR)
+        kick_and_wait(q, three_descriptors(q, r, T_IN, SECTOR))
+        assert fe.memory.read(r + 16, SECTOR) == pattern[2 * SECTOR:3 * SECTOR]
+        assert not s.backend.errors
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("base", [0, 65533])
+def test_idx_interrupt_only_every_third_request_across_the_index_wrap(disk, base):
+    """EVENT_IDX as Linux's enable_cb_delayed uses it: used_event set 3 ahead each time;
+    one interrupt per 3 requests, also where the 16-bit indices wrap."""
+    _, store, pattern = disk
+    s, _ = start(store, without=INDIRECT)
+    try:
+        fe = s.fe
+        q = fe.setup_queue(0, 16, base=base)
+        ring, mem = q.ring, fe.memory
+        idx = base
+        for round_ in range(3):
+            mem.write_u16(ring.used_event_addr, (idx + 2) & 0xFFFF)   # after the third
+            addrs = []
+            for k in range(3):
+                r = request(fe, T_IN, k, data_len=SECTOR)
+                three_descriptors(q, r, T_IN, SECTOR)
+                addrs.append(r)
+                q.kick()
+                if k < 2:
+                    while status(fe, r, SECTOR) == 0xFF:
+                        assert not q.wait_call(0.01), f"round {round_}: early interrupt"
+            assert q.wait_call(5), f"round {round_}: no interrupt after the third"
+            idx = (idx + 3) & 0xFFFF
+            assert mem.read_u16(ring.used_addr + 2) == idx
+            for k, r in enumerate(addrs):
+                assert mem.read(r + 16, SECTOR) == pattern[k * SECTOR:(k + 1) * SECTOR]
+            ring.disable_cb()                   # collect without moving used_event
+            assert len(ring.collect()) == 3
+            ring.avail_flags_shadow = 0
+    finally:
+        s.close()
