@@ -50,7 +50,7 @@ class Sampler(threading.Thread):
 
 
 def start_backend(which, image, sock, poll_us=None):
-    if which == "ours":
+    if which.startswith("ours"):
         argv = [sys.executable, "-m", "lguest", "vhost-user", f"--socket={sock}",
                 f"--block={image}", f"--queues={QUEUES}"]
         if poll_us is not None:
@@ -139,11 +139,14 @@ def one_run(kit, image, which, sizes, timeout, poll_us=None):
     return result, peak
 
 
-def run_all(runs, sizes, timeout, poll_us=None):
-    """Alternating runs: ({'ours': [result...], 'qsd': [...]}, peaks in KiB)."""
+def run_all(runs, sizes, timeout, poll_us=None, variants=()):
+    """Alternating runs: ({'ours': [result...], 'qsd': [...]}, peaks in KiB). Each
+    of `variants` (poll_us values) adds a side 'ours@N': ours with --poll-us=N, in the
+    same rotation, so that load from elsewhere falls on every side alike."""
     kit = bench_kit({"bin/blkbench": compile_c("blkbench.c", static=True)})
-    results = {"ours": [], "qsd": []}
-    peaks = {"ours": [], "qsd": []}
+    sides = [("ours", poll_us)] + [(f"ours@{v}", v) for v in variants] + [("qsd", None)]
+    results = {name: [] for name, _ in sides}
+    peaks = {name: [] for name, _ in sides}
     with tempfile.TemporaryDirectory(prefix="lguest-bench-blk-", dir="/var/tmp") as d:
         image = os.path.join(d, "bench.img")
         with open(image, "wb") as f:
@@ -153,28 +156,35 @@ def run_all(runs, sizes, timeout, poll_us=None):
         for i in range(runs):
             # Alternate who goes first too: a run can inherit the previous one's dirty
             # pages being written back, and that should not always fall on the same side.
-            for which in (("ours", "qsd") if i % 2 == 0 else ("qsd", "ours")):
+            order = sides[i % len(sides):] + sides[:i % len(sides)]
+            for which, poll in (order if i % 2 == 0 else order[::-1]):
                 say(f"blk: run {i + 1}/{runs}, {which}")
-                r, peak = one_run(kit, image, which, sizes, timeout, poll_us)
+                r, peak = one_run(kit, image, which, sizes, timeout, poll)
                 results[which].append(r)
                 peaks[which].append(peak)
     return results, peaks
 
 
-def measure(runs=5, quick=False, timeout=300, poll_us=None):
+def measure(runs=5, quick=False, timeout=300, poll_us=None, variants=(), rand_s=None):
     """Rows for the table, plus {'ours': KiB, 'qsd': KiB} peak back-end RSS."""
     # Phases of a second or more each: the machine's other load makes shorter ones noisy.
     sizes = (dict(read_mb=512, write_mb=128, rand_s=0.5, flush_s=0.3, image_mb=128) if quick
              else dict(read_mb=2048, write_mb=512, rand_s=2.0, flush_s=1.0, image_mb=256))
-    results, peaks = run_all(runs, sizes, timeout, poll_us)
-    return build_rows(results, sizes, runs), {k: max(v) for k, v in peaks.items()}, results
+    if rand_s is not None:
+        sizes["rand_s"] = rand_s
+    results, peaks = run_all(runs, sizes, timeout, poll_us, variants)
+    rows = build_rows(results, sizes, runs)
+    for v in variants:
+        rows += poll_rows(Figures(results, runs, ours=f"ours@{v}"), v)
+    peaks = {k: max(peaks[k]) for k in ("ours", "qsd")}
+    return rows, peaks, results
 
 
 class Figures:
     """Medians and spreads of one figure over the runs of both sides."""
 
-    def __init__(self, results, runs):
-        self.results, self.runs = results, runs
+    def __init__(self, results, runs, ours="ours"):
+        self.results, self.runs, self.ours = results, runs, ours
 
     def med(self, which, phase, fn):
         return median(fn(*r[phase]) for r in self.results[which])
@@ -187,13 +197,30 @@ class Figures:
         # The machine is shared: show how far the runs spread, not only the medians.
         of = of or (lambda r: fn(*r[phase]))
         parts = []
-        for which, label in (("ours", "ours"), ("qsd", "ref")):
+        for which, label in ((self.ours, "ours"), ("qsd", "ref")):
             values = [of(r) for r in self.results[which]]
             parts.append(f"{label} {fmt(min(values))}-{fmt(max(values))}")
         return f"median of {self.runs}; " + ", ".join(parts)
 
     def cpu_spread(self, phase, fn):
         return self.spread(phase, None, of=lambda r: fn(r["cpu"][phase], r[phase][0], r[phase][1]))
+
+
+IOPS = lambda secs, ops, guest: ops / secs                            # noqa: E731
+CPU_US = lambda cpu, secs, ops: cpu / ops * 1e6                       # noqa: E731
+
+
+def poll_rows(f, poll):
+    """The random-read rows for ours with --poll-us=poll, against the same qsd runs."""
+    rows = []
+    for phase, depth in (("randread", 1), ("qdread", QD)):
+        rows.append(Row("blk", f"rand read 4 KiB, QD{depth}, ours with --poll-us={poll}",
+                        f.med(f.ours, phase, IOPS), f.med("qsd", phase, IOPS), "IOPS", "",
+                        f.spread(phase, IOPS)))
+        rows.append(Row("blk", f"back-end CPU per request, QD{depth}, --poll-us={poll}",
+                        f.cpu(f.ours, phase, CPU_US), f.cpu("qsd", phase, CPU_US), "us", "",
+                        f.cpu_spread(phase, CPU_US), higher_is_better=False))
+    return rows
 
 
 def build_rows(results, sizes, runs):
@@ -260,7 +287,12 @@ if __name__ == "__main__":
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--poll-us", type=int, help="pass --poll-us=N to our back-end")
+    p.add_argument("--variants", default="", metavar="N,N",
+                   help="also run ours with each --poll-us=N, in the same rotation")
+    p.add_argument("--rand-s", type=float, help="seconds of each random-read phase")
     a = p.parse_args()
-    rows, peaks, raw = measure(a.runs, a.quick, poll_us=a.poll_us)
+    variants = [int(v) for v in a.variants.split(",") if v]
+    rows, peaks, raw = measure(a.runs, a.quick, poll_us=a.poll_us, variants=variants,
+                               rand_s=a.rand_s)
     print(table(rows))
     print("peak back-end RSS without guest RAM (KiB):", peaks)
