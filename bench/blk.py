@@ -23,6 +23,10 @@ from common import (bench_kit, compile_c, ensure_command, fmt, median, rss_kib, 
 from lguest import virtio
 from lguest.uml import process, servers
 
+class RunFailed(Exception):
+    """A guest run that did not finish its phases."""
+
+
 PHASES = ("seqread", "randread", "qdread", "seqwrite", "writesync", "flush")
 QUEUES = 2            # request queues both back-ends offer (qsd: num-queues)
 QD = 16               # requests in flight in the qdread phase
@@ -126,9 +130,9 @@ def one_run(kit, image, which, sizes, timeout, poll_us=None):
             peak = sampler.stop()
             err = stop_backend(proc)
     if outcome.status != 0 or any(f"{p}-end" not in marks for p in PHASES):
-        raise SystemExit(f"bench blk: {which} run failed (status {outcome.status}, "
-                         f"timed out {outcome.timed_out}):\n{bytes(outcome.stderr).decode()}"
-                         f"\n{outcome.log[-1500:]}\n{err[-1500:]}")
+        raise RunFailed(f"bench blk: {which} run failed (status {outcome.status}, "
+                        f"timed out {outcome.timed_out}):\n{bytes(outcome.stderr).decode()}"
+                        f"\n{outcome.log[-1500:]}\n{err[-1500:]}")
     result = {"cache": " ".join(marks.get("wc", (0, ["?"]))[1]),
               "mq": " ".join(marks.get("mq", (0, ["?"]))[1]), "cpu": {}, "run_cpu": run_cpu}
     for p in PHASES:
@@ -137,6 +141,20 @@ def one_run(kit, image, which, sizes, timeout, poll_us=None):
         result[p] = (end - start, int(ops), int(ns) / 1e9)
         result["cpu"][p] = cpu_at[f"{p}-end"] - cpu_at[f"{p}-start"]
     return result, peak
+
+
+def run_with_retry(kit, image, which, sizes, timeout, poll, attempts=2):
+    """one_run, once more if the guest itself failed (on this loaded machine a UML guest
+    now and then cannot fork its /init's child: "can't fork: Resource temporarily
+    unavailable", whichever back-end); the failure is said, not hidden."""
+    for attempt in range(attempts):
+        try:
+            return one_run(kit, image, which, sizes, timeout, poll)
+        except RunFailed as e:
+            say(f"blk: {which} run failed, {'retrying' if attempt + 1 < attempts else 'giving up'}: "
+                f"{str(e).splitlines()[0]}")
+            if attempt + 1 == attempts:
+                raise SystemExit(str(e)) from None
 
 
 def run_all(runs, sizes, timeout, poll_us=None, variants=()):
@@ -159,7 +177,7 @@ def run_all(runs, sizes, timeout, poll_us=None, variants=()):
             order = sides[i % len(sides):] + sides[:i % len(sides)]
             for which, poll in (order if i % 2 == 0 else order[::-1]):
                 say(f"blk: run {i + 1}/{runs}, {which}")
-                r, peak = one_run(kit, image, which, sizes, timeout, poll)
+                r, peak = run_with_retry(kit, image, which, sizes, timeout, poll)
                 results[which].append(r)
                 peaks[which].append(peak)
     return results, peaks
