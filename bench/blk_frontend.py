@@ -140,7 +140,8 @@ def one_run(image, which, poll_us, seconds):
     return {"qd1": qd1, "qd16": qd16}
 
 
-def measure(runs=5, seconds=2.0, variants=()):
+def measure(runs=5, quick=False, seconds=None, variants=()):
+    seconds = seconds or (1.0 if quick else 2.0)
     sides = [("ours", 0)] + [(f"ours@{v}", v) for v in variants] + [("qsd", 0)]
     results = {name: [] for name, _ in sides}
     with tempfile.TemporaryDirectory(prefix="lguest-bench-blkfe-", dir="/var/tmp") as d:
@@ -174,4 +175,5 @@ if __name__ == "__main__":
     p.add_argument("--seconds", type=float, default=2.0)
     p.add_argument("--poll-us", default="", metavar="N,N", help="also ours with --poll-us=N")
     a = p.parse_args()
-    print(table(measure(a.runs, a.seconds, [int(v) for v in a.poll_us.split(",") if v])))
+    print(table(measure(a.runs, seconds=a.seconds,
+                        variants=[int(v) for v in a.poll_us.split(",") if v])))
