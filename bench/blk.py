@@ -144,9 +144,11 @@ def one_run(kit, image, which, sizes, timeout, poll_us=None):
 
 
 def run_with_retry(kit, image, which, sizes, timeout, poll, attempts=2):
-    """one_run, once more if the guest itself failed (on this loaded machine a UML guest
-    now and then cannot fork its /init's child: "can't fork: Resource temporarily
-    unavailable", whichever back-end); the failure is said, not hidden."""
+    """one_run, once more if the guest failed; the failure is said, not hidden. Seen
+    three times on the loaded machine (2026-12-03), each on one of our sides: the
+    guest's /init could not fork its second line ("can't fork: Resource temporarily
+    unavailable", then "Attempted to kill init", kernel tainted W), not seen in seven
+    boots with our back-end alone; its cause is not known yet."""
     for attempt in range(attempts):
         try:
             return one_run(kit, image, which, sizes, timeout, poll)
