@@ -221,6 +221,10 @@ class Virtqueue:
     def new_round(self):
         self._budget = self.size
 
+    def spend_round(self):
+        """End this round: round_spent is then true exactly when chains are waiting."""
+        self._budget = 0
+
     @property
     def round_spent(self):
         """True if pop() stopped because of the budget, not because the ring was empty."""
