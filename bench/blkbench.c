@@ -6,18 +6,22 @@
  * on stdout with write(2), unbuffered: the host times the phase from when those lines
  * arrive (its clock), and the guest's own count and clock are printed for a cross-check.
  *
- *   blkbench DEV READ_MB WRITE_MB RAND_SECONDS FLUSH_SECONDS
+ *   blkbench DEV READ_MB WRITE_MB RAND_SECONDS FLUSH_SECONDS [QD]
  *
  * seqread:  READ_MB of 1 MiB O_DIRECT reads, sequential, wrapping at the end of DEV.
  * seqwrite: WRITE_MB of 1 MiB O_DIRECT writes, sequential.
  * writesync: one fdatasync after them (timed apart: it is mostly the host's disk).
  * randread: 4 KiB O_DIRECT reads at random aligned offsets, one at a time (queue depth
  *           1), for RAND_SECONDS of guest time.
+ * qdread:   the same with QD threads (default 16), each with one pread in flight, so
+ *           the block layer keeps QD requests on the ring (no libaio or io_uring
+ *           needed: a blocked thread is a request in flight), for RAND_SECONDS.
  * flush:    fdatasync() on DEV in a loop for FLUSH_SECONDS: Linux's blkdev_fsync sends
  *           one VIRTIO_BLK_T_FLUSH each time, with nothing else in flight.
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -61,10 +65,61 @@ static int open_dev(const char *dev, int flags)
 	return fd;
 }
 
+struct reader {
+	pthread_t thread;
+	int fd;
+	uint64_t blocks, seed, until_ns, ops;
+};
+
+/* One of the qdread threads: 4 KiB O_DIRECT reads at random offsets until the deadline. */
+static void *reader_run(void *arg)
+{
+	struct reader *r = arg;
+	unsigned char *buf;
+	uint64_t x = r->seed;
+	if (posix_memalign((void **)&buf, 4096, 4096))
+		die("posix_memalign");
+	do {
+		for (int k = 0; k < 16; k++, r->ops++) {
+			x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+			if (pread(r->fd, buf, 4096, (x % r->blocks) * 4096) != 4096)
+				die("qdread");
+		}
+	} while (now_ns() < r->until_ns);
+	free(buf);
+	return 0;
+}
+
+static void qdread(int fd, uint64_t blocks, int qd, uint64_t rand_ns)
+{
+	struct reader *rs = calloc(qd, sizeof *rs);
+	if (!rs)
+		die("calloc");
+	mark("qdread", "start", 0, 0);
+	uint64_t t = now_ns(), ops = 0;
+	for (int i = 0; i < qd; i++) {
+		rs[i] = (struct reader){ .fd = fd, .blocks = blocks, .until_ns = t + rand_ns,
+					 .seed = 0x9E3779B97F4A7C15ull * (i + 2) };
+		if (pthread_create(&rs[i].thread, 0, reader_run, &rs[i]))
+			die("pthread_create");
+	}
+	for (int i = 0; i < qd; i++) {
+		pthread_join(rs[i].thread, 0);
+		ops += rs[i].ops;
+	}
+	mark("qdread", "end", ops, now_ns() - t);
+	free(rs);
+}
+
 int main(int argc, char **argv)
 {
-	if (argc != 6) {
-		fprintf(stderr, "usage: blkbench DEV READ_MB WRITE_MB RAND_S FLUSH_S\n");
+	if (argc != 6 && argc != 7) {
+		fprintf(stderr, "usage: blkbench DEV READ_MB WRITE_MB RAND_S FLUSH_S [QD]\n");
+		return 1;
+	}
+	int qd = argc == 7 ? atoi(argv[6]) : 16;
+	if (qd < 1 || qd > 256) {
+		fprintf(stderr, "QD must be 1..256\n");
 		return 1;
 	}
 	const char *dev = argv[1];
@@ -103,6 +158,7 @@ int main(int argc, char **argv)
 		}
 	} while (now_ns() - t < rand_ns);
 	mark("randread", "end", ops, now_ns() - t);
+	qdread(fd, blocks, qd, rand_ns);
 	close(fd);
 
 	fd = open_dev(dev, O_WRONLY | O_DIRECT);

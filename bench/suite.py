@@ -3,6 +3,7 @@
     bench/run [--quick] [--runs N] [--only blk,boot,...] [--results]
 
 Sections (each a module in bench/): blk (vhost-user-blk vs qemu-storage-daemon),
+blk-fe (the same two driven by our Python front-end, no guest, 2 queues really used),
 boot (`lguest run -- true` vs plain UML), console (virtio console vs UML's own),
 net (vhost-user net over a tap vs UML's tuntap), fs (our virtio-fs vs virtiofsd),
 kvm (Python exit round trips vs a C loop; ioeventfd kicks), sim (fake backend driver
@@ -23,8 +24,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import HERE, ROOT, Row, say, table  # noqa: E402
 
-SECTIONS = ("blk", "boot", "console", "net", "fs", "kvm", "sim", "memory", "lguest-host")
-MODULES = {"lguest-host": "lguest_host"}      # section name -> bench module, where they differ
+SECTIONS = ("blk", "blk-fe", "boot", "console", "net", "fs", "kvm", "sim", "memory", "lguest-host")
+MODULES = {"lguest-host": "lguest_host", "blk-fe": "blk_frontend"}      # section name -> bench module, where they differ
 
 
 def machine():
@@ -72,7 +73,7 @@ def main(argv=None):
         boot_rows, rss["launcher"] = boot.measure(runs, args.quick)
         if "boot" in wanted:
             rows += boot_rows
-    for name in ("console", "net", "fs", "kvm", "sim", "lguest-host"):
+    for name in ("blk-fe", "console", "net", "fs", "kvm", "sim", "lguest-host"):
         if name not in wanted:
             continue
         try:

@@ -231,6 +231,10 @@ class Virtqueue:
         """Start a round: pop() hands out at most `size` chains until the next one."""
         self._budget = self.size
 
+    def spend_round(self):
+        """End this round: round_spent is then true exactly when chains are waiting."""
+        self._budget = 0
+
     @property
     def round_spent(self) -> bool:
         """True if pop() stopped because of the budget, not because the ring was empty."""

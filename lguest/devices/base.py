@@ -168,6 +168,13 @@ def serve_until_idle(device, queue_index, interrupt):
             interrupt(queue_index)
         if not used_more:
             break
+    else:
+        # Every round's last look found more, so kicks were last asked for before
+        # chains we have since taken: with EVENT_IDX avail_event is behind them, and a
+        # driver adding one more would not kick. Ask again at where we are, and have
+        # the runner come back (round_spent) if something came in meanwhile.
+        queue.set_notifications(True)
+        queue.spend_round()
     return progress
 
 

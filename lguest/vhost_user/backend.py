@@ -25,7 +25,8 @@ from ..transport_rules import (offered_features, over_accepted, queue_size_probl
 from ..virtqueue import Virtqueue
 from . import protocol as P
 from .memory import RegionMemory
-from .rings import DirectRunner, KickWatcher, Vring, require_x86_host, signal_fd
+from .rings import (DEFAULT_POLL_US, DirectRunner, KickWatcher, Vring, require_x86_host,
+                    signal_fd)
 
 log = logging.getLogger("lguest.vhost_user")
 
@@ -54,12 +55,14 @@ class VhostUserTransport:
     The vhost-user spec calls this side the "back-end"; it is a transport (the twin of
     pci/transport.py), not a lguest.backends.base.Backend, which runs a guest's CPU."""
 
-    # What watches a live ring's kick fd (L:730); a replay (L:785) swaps in its own.
-    watcher_factory = KickWatcher
-
-    def __init__(self, device, *, runner_factory=DirectRunner):
+    def __init__(self, device, *, runner_factory=DirectRunner, poll_us=DEFAULT_POLL_US):
         require_x86_host()             # the rings' ordering holds on x86 only (L:733)
+        if poll_us < 0:
+            raise ValueError(f"poll_us must be >= 0, not {poll_us}")
         self.device = device
+        # What watches a live ring's kick fd (L:730); a replay (L:785) swaps in its own.
+        self.watcher_factory = lambda *args: KickWatcher(*args, poll_us=poll_us)
+        self.poll_us = poll_us
         # A replay of a trace recorded before issue 15 sets 0 and the old seg_max.
         self.ring_features = RING_FEATURES
         if hasattr(device, "set_seg_max"):

@@ -143,11 +143,12 @@ class Frontend:
         return P.U64.unpack(self.ask(request))[0]
 
     # -- set-up --------------------------------------------------------------------------
-    def negotiate(self, features=None, protocol_features=None):
-        """SET_OWNER, features, protocol features: what virtio_uml's probe does."""
+    def negotiate(self, features=None, protocol_features=None, *, without=0):
+        """SET_OWNER, features, protocol features: what virtio_uml's probe does.
+        `without`: feature bits to leave out of the offer (as QEMU's qtests do)."""
         self.request(P.SET_OWNER)
         offered = self.ask_u64(P.GET_FEATURES)
-        self.features = offered if features is None else features
+        self.features = (offered & ~without) if features is None else features
         if offered & (1 << P.F_PROTOCOL_FEATURES):
             offered_pf = self.ask_u64(P.GET_PROTOCOL_FEATURES)
             wanted = offered_pf if protocol_features is None else protocol_features

@@ -19,7 +19,7 @@ from ..errors import LauncherError
 from ..host.factory import HostResources, make_device
 from ..host.runner import ThreadedRunner
 from .backend import VhostUserTransport
-from .rings import DirectRunner
+from .rings import DEFAULT_POLL_US, DirectRunner
 
 
 @dataclass
@@ -35,8 +35,10 @@ class Served:
         factory = (lambda: ThreadedRunner(wake_fds=wake_fds)) if wake_fds else DirectRunner
         return cls(built.device, factory, built.resources)
 
-    def backend(self):
-        return VhostUserTransport(self.device, runner_factory=self.runner_factory)
+    def backend(self, poll_us=DEFAULT_POLL_US):
+        """poll_us: busy-poll each kick fd that long before sleeping (L:734)."""
+        return VhostUserTransport(self.device, runner_factory=self.runner_factory,
+                                  poll_us=poll_us)
 
     def close(self):
         self.device.close()

@@ -17,8 +17,8 @@ import sim  # noqa: E402
 
 
 def test_every_section_module_imports():
-    import blk, boot, console, fs, fs_relay, kvm, net, suite, lguest_host, lguest_traps, seed_launcher  # noqa: F401
-    assert set(suite.SECTIONS) >= {"blk", "boot", "console", "net", "fs", "kvm", "sim", "memory",
+    import blk, blk_frontend, boot, console, fs, fs_relay, kvm, net, suite, lguest_host, lguest_traps, seed_launcher  # noqa: F401
+    assert set(suite.SECTIONS) >= {"blk", "blk-fe", "boot", "console", "net", "fs", "kvm", "sim", "memory",
                                    "lguest-host"}
 
 
@@ -137,3 +137,32 @@ def test_the_seed_launcher_compiles_for_i386():
     with open(binary, "rb") as f:
         header = f.read(20)
     assert header[:4] == b"\x7fELF" and header[4] == 1 and header[18] == 3   # 32-bit, EM_386
+
+
+def test_tree_cpu_counts_the_children_a_process_reaped():
+    import subprocess
+    burn = [sys.executable, "-c", "import time\nt = time.process_time()\n"
+            "while time.process_time() - t < 0.3: pass"]
+    # A parent that reaps one burning child, then waits on a second that burns.
+    parent = subprocess.Popen([sys.executable, "-c",
+                               "import subprocess, sys; subprocess.run(sys.argv[1:]); "
+                               "p = subprocess.Popen(sys.argv[1:]); p.wait(); input()", *burn],
+                              stdin=subprocess.PIPE)
+    try:
+        import time
+        deadline = time.monotonic() + 30
+        while common.tree_cpu_seconds(parent.pid) < 0.55 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert common.tree_cpu_seconds(parent.pid) >= 0.55     # both children counted
+    finally:
+        parent.communicate(b"\n", timeout=30)
+
+
+def test_frontend_bench_reads_from_our_back_end(tmp_path):
+    import blk_frontend
+    image = tmp_path / "img"
+    image.write_bytes(os.urandom(blk_frontend.IMAGE_MB << 20))
+    got = blk_frontend.one_run(str(image), "ours", 0, 0.2)
+    for key in ("qd1", "qd16"):
+        iops, cpu_us = got[key]
+        assert iops > 0 and cpu_us >= 0
