@@ -231,7 +231,7 @@ class Virtqueue:
         """Start a round: pop() hands out at most `size` chains until the next one."""
         self._budget = self.size
 
-    def spend_round(self):
+    def spend_round(self) -> None:
         """End this round: round_spent is then true exactly when chains are waiting."""
         self._budget = 0
 
