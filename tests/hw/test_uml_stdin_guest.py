@@ -10,22 +10,10 @@ import subprocess
 import sys
 import time
 
-import pytest
-
-from lguest.errors import LauncherError
-from lguest.uml import kit
 from lguest.uml.guest import Guest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LGUEST_RUN = [sys.executable, "-m", "lguest", "run", "--timeout", "120", "--"]
-
-
-@pytest.fixture(scope="module")
-def uml():
-    try:
-        return kit.ensure_kit()
-    except LauncherError as e:
-        pytest.skip(f"no UML guest kit: {e}")
 
 
 def lguest_run(args, stdin):
