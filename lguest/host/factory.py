@@ -6,10 +6,10 @@
 # setup_block_file, setup_rng, setup_tun_net, and a shared directory for virtio-fs)
 # and handed to the sans-I/O device; what comes back says which fd wakes which queue
 # when the host has input for it (stdin for the console, the tap for net), and each
-# transport makes its own runner from that (L:941). Where the resources come from is a choice of its own: HostResources
-# opens real files, /dev/urandom, the terminal and taps; InMemoryResources keeps
-# disks in bytearrays and counts entropy (L:300), for runs that must come out the
-# same every time.
+# transport makes its own runner from that (L:941). Where the resources come from is
+# a choice of its own: HostResources opens real files, /dev/urandom, the terminal,
+# taps and shared directories; InMemoryResources keeps disks in bytearrays and counts
+# entropy (L:300), for runs that must come out the same every time.
 #
 # A new kind of device is one entry in DEVICE_KINDS: a function (spec, resources) ->
 # BuiltDevice. Whatever it opened is closed if it fails half-way (`_closing_on_error`).
