@@ -185,27 +185,13 @@ def test_username_is_applied_after_set_up(boot):
     assert boot.host.get("uid") == ["65534"] * 4, boot.report()
 
 
-def xfail_if_the_guest_crashed_first(boot):
-    """An open bug, not the rule under test: in about 1 boot in 3 on this rig, with our
-    launcher (c54c7e7's too), the guest's own new processes die of SIGSEGV once the
-    loop below starts (`cat` of PCI sysfs files, `dd`), so the rule is never broken;
-    the seed's C launcher showed none in 6 boots of the same guest (docs/lguest-host.md).
-    Reported as xfailed, with the guest's output, until it is found."""
-    guest_part = boot.out.split("BREAKING-A-RULE", 1)[-1]
-    if "Segmentation fault" in guest_part and "bad driver" not in boot.err.decode(errors="replace"):
-        pytest.xfail("the guest's own processes died of SIGSEGV before it broke the rule "
-                     "(open bug, docs/lguest-host.md):\n" + boot.report())
-
-
 def test_a_driver_breaking_a_rule_gets_the_seeds_message(boot):
-    xfail_if_the_guest_crashed_first(boot)
     err = boot.err.decode("utf-8", "replace")
     assert "bad driver: Unexpected write to isr" in err, boot.report()
     assert "rng" in err.split("bad driver")[0], boot.report()
 
 
 def test_a_driver_breaking_a_rule_is_a_clean_exit(boot):
-    xfail_if_the_guest_crashed_first(boot)
     err = boot.err.decode("utf-8", "replace")
     assert "BREAKING-A-RULE" in boot.out, boot.report()
     assert boot.status == 1, boot.report()
