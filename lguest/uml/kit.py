@@ -74,9 +74,21 @@ def _newest_deb(debs_dir, package):
     return found[-1] if found else None
 
 
+# apt-get once sat idle for minutes here (in its gpgv method, on a loaded machine):
+# bounded, the first run fails with a message instead of hanging.
+APT_TIMEOUT = 600
+
+
+def _apt(argv, cwd=None, timeout=APT_TIMEOUT):
+    try:
+        return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise LauncherError(f"`{' '.join(argv)}` did not finish in {timeout} s (is the "
+                            "package mirror reachable?)") from None
+
+
 def _apt_download(debs_dir, packages):
-    return subprocess.run(["apt-get", "download", *packages], cwd=debs_dir,
-                          capture_output=True, text=True)
+    return _apt(["apt-get", "download", *packages], cwd=debs_dir)
 
 
 def fetch_debs(debs_dir, progress=say):
@@ -91,7 +103,7 @@ def fetch_debs(debs_dir, progress=say):
             if done.returncode != 0 and os.geteuid() == 0:
                 # A fresh machine may have no package lists yet.
                 progress("apt-get download failed; running apt-get update and retrying")
-                subprocess.run(["apt-get", "update", "-qq"], capture_output=True)
+                _apt(["apt-get", "update", "-qq"])
                 done = _apt_download(debs_dir, missing)
         except FileNotFoundError:
             raise LauncherError("apt-get is missing: the UML kit needs a Debian-like host "

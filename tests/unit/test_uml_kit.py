@@ -332,3 +332,8 @@ def test_unpack_happens_once_and_leaves_no_scratch(tmp_path):
     assert kit.unpack(str(deb), str(tmp_path / "u"), progress=messages.append) == dest
     assert len(messages) == 1                          # the second call found it unpacked
     assert os.listdir(tmp_path / "u") == ["pkg_1.0_all"]
+
+
+def test_a_hung_apt_get_is_a_clear_error_not_a_hang():
+    with pytest.raises(LauncherError, match=r"`sleep 5` did not finish in 0.2 s"):
+        kit._apt(["sleep", "5"], timeout=0.2)
