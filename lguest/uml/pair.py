@@ -14,10 +14,13 @@ from ..vhost_user import served as served_devices
 from .guest import Guest
 
 
-def run_pair(commands, ips, *, timeout=60.0, kit=None, mem=64, root="initramfs"):
+def run_pair(commands, ips, *, timeout=60.0, kit=None, mem=128, root="initramfs"):
     """Boot two guests joined by a cable; run commands[i] in guest i with address ips[i].
 
-    The busybox root by default: it has ip, ping and nc whatever the host has."""
+    The busybox root by default: it has ip, ping and nc whatever the host has. 128 MiB,
+    not 64: Linux's virtio_net fills its rx ring with big buffers (no MRG_RXBUF offered,
+    GUEST_TSO on: ~72 KiB a buffer), ~20 MiB of a 64 MiB UML guest, which then had 4 MiB
+    free and once lost a command to the OOM killer ("Killed")."""
     ends = served_devices.net_pair()
     results, errors = [None, None], [None, None]
 

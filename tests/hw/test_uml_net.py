@@ -48,7 +48,7 @@ def test_two_guests_ping_each_other_through_our_back_end(uml):
 def test_guest_reaches_the_host_over_a_tap(uml):
     name = f"lgt{os.getpid() % 10000}"
     with Guest(kit=uml, net=f"tap:{name}:10.12.0.1/24", ip="10.12.0.2/24", timeout=40,
-               root="initramfs") as g:
+               root="initramfs", mem=128) as g:      # 128: see run_pair's docstring
         r = g.run("ping -c 2 -w 10 10.12.0.1")
     assert r.returncode == 0, r
     assert replies(r.stdout, "10.12.0.1") == 2
