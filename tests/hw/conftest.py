@@ -2,14 +2,11 @@
 
 import pytest
 
-from lguest.errors import LauncherError
+from kits import kit_or_skip
 from lguest.uml import kit
 
 
 @pytest.fixture(scope="session")
 def uml():
     """The UML guest kit (kernel, initramfs), fetched once; skips, saying why, without it."""
-    try:
-        return kit.ensure_kit()
-    except LauncherError as e:
-        pytest.skip(f"no UML guest kit: {e}")
+    return kit_or_skip(kit.ensure_kit, "UML")

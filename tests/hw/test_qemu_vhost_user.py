@@ -23,9 +23,8 @@ import threading
 
 import pytest
 
-from lguest.errors import LauncherError
-
 import qemu_kit
+from kits import kit_or_skip
 from qemu_run import Backend, boot, hmp, qemu_path, wait_for_console
 
 pytestmark = pytest.mark.skipif(qemu_path() is None,
@@ -39,10 +38,7 @@ NET_MB = 8                      # each way over TCP: TSO frames both ways
 
 @pytest.fixture(scope="module")
 def kit():
-    try:
-        return qemu_kit.ensure_kit()
-    except LauncherError as e:
-        pytest.skip(f"no QEMU guest kit: {e}")
+    return kit_or_skip(qemu_kit.ensure_kit, "QEMU")
 
 
 def make_disk(path, label):

@@ -13,7 +13,7 @@ import stat
 
 import pytest
 
-from lguest.errors import LauncherError
+from kits import kit_or_skip
 from lguest.uml import kit
 from uml_fs import boot_with_shares, parse_checks
 
@@ -98,10 +98,7 @@ def snapshot(top, skip):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    try:
-        uml = kit.ensure_kit()
-    except LauncherError as e:
-        pytest.skip(f"no UML guest kit: {e}")
+    uml = kit_or_skip(kit.ensure_kit, "UML")
     if "virtiofs" not in uml.modules:
         pytest.skip("the UML kit has no virtiofs module")
     top = tmp_path_factory.mktemp("fs")
