@@ -70,7 +70,7 @@ def kick_and_wait(q, head):
 def test_basic(disk):
     path, store, _ = disk
     s, offered = start(store, without=INDIRECT | EVENT_IDX)
-    try:
+    with s:
         fe = s.fe
         assert struct.unpack("<Q", fe.get_config(CONFIG_CAPACITY, 8))[0] == store.size // SECTOR
         q = fe.setup_queue(0, 64)
@@ -106,14 +106,12 @@ def test_basic(disk):
         kick_and_wait(q, three_descriptors(q, z, T_OUT, 16))
         assert status(fe, z, 16) == S_UNSUPP
         assert not s.backend.errors
-    finally:
-        s.close()
 
 
 def test_indirect(disk):
     path, store, _ = disk
     s, offered = start(store, without=EVENT_IDX)
-    try:
+    with s:
         fe = s.fe
         assert offered & INDIRECT and fe.features & INDIRECT
         q = fe.setup_queue(0, 64)
@@ -127,8 +125,6 @@ def test_indirect(disk):
         kick_and_wait(q, q.ring.add_chain([(r, 16)], [(r + 16, SECTOR + 1)], indirect=True))
         assert status(fe, r, SECTOR) == S_OK and fe.memory.read(r + 16, SECTOR) == TEST
         assert not s.backend.errors
-    finally:
-        s.close()
 
 
 def test_idx_event_idx_suppresses_the_interrupt_until_used_event(disk):
@@ -138,7 +134,7 @@ def test_idx_event_idx_suppresses_the_interrupt_until_used_event(disk):
     until the end we read the used ring as QEMU's test does: by hand."""
     _, store, _ = disk
     s, _ = start(store, without=INDIRECT)
-    try:
+    with s:
         fe = s.fe
         assert fe.features & EVENT_IDX
         q = fe.setup_queue(0, 64)
@@ -164,14 +160,12 @@ def test_idx_event_idx_suppresses_the_interrupt_until_used_event(disk):
         assert [u.head for u in ring.collect()] == [write_head, read_head]
         assert status(fe, r, SECTOR) == S_OK and mem.read(r + 16, SECTOR) == TEST
         assert not q.wait_call(0.2)                              # one interrupt, not two
-    finally:
-        s.close()
 
 
 def test_nxvirtq_a_ring_address_for_a_missing_queue_is_refused_and_harmless(disk):
     _, store, _ = disk
     s, _ = start(store)
-    try:
+    with s:
         fe = s.fe
         addr = fe.user_address(0x10000)
         with pytest.raises(FrontendError, match="failed"):
@@ -181,20 +175,16 @@ def test_nxvirtq_a_ring_address_for_a_missing_queue_is_refused_and_harmless(disk
         r = request(fe, T_IN, 0, data_len=SECTOR)
         kick_and_wait(q, three_descriptors(q, r, T_IN, SECTOR))
         assert status(fe, r, SECTOR) == S_OK and not s.backend.errors
-    finally:
-        s.close()
 
 
 def test_multiqueue_one_queue_has_no_mq_eight_serve_requests_on_each(disk):
     path, store, pattern = disk
     s, offered = start(store)
-    try:
+    with s:
         assert not offered & virtio.bit(F_MQ)
         assert s.fe.ask_u64(P.GET_QUEUE_NUM) == 1
-    finally:
-        s.close()
     s, offered = start(store, num_queues=8)
-    try:
+    with s:
         fe = s.fe
         assert offered & virtio.bit(F_MQ) and fe.protocol_features & (1 << P.PROTOCOL_F_MQ)
         assert fe.ask_u64(P.GET_QUEUE_NUM) == 8
@@ -218,8 +208,6 @@ def test_multiqueue_one_queue_has_no_mq_eight_serve_requests_on_each(disk):
             kick_and_wait(q, three_descriptors(q, r, T_IN, SECTOR))
             assert fe.memory.read(r + 16, SECTOR) == bytes([(i + 1) % 8 + 1]) * SECTOR
         assert image[:8 * SECTOR] == pattern[:8 * SECTOR] and not s.backend.errors
-    finally:
-        s.close()
 
 
 def test_multiqueue_front_end_using_fewer_queues_than_offered(disk):
@@ -227,15 +215,13 @@ def test_multiqueue_front_end_using_fewer_queues_than_offered(disk):
     one) of an eight-queue disk sets up queue 0 only, and must be served."""
     _, store, pattern = disk
     s, _ = start(store, num_queues=8)
-    try:
+    with s:
         fe = s.fe
         q = fe.setup_queue(0, 16)
         r = request(fe, T_IN, 2, data_len=SECTOR)
         kick_and_wait(q, three_descriptors(q, r, T_IN, SECTOR))
         assert fe.memory.read(r + 16, SECTOR) == pattern[2 * SECTOR:3 * SECTOR]
         assert not s.backend.errors
-    finally:
-        s.close()
 
 
 @pytest.mark.parametrize("base", [0, 65533])
@@ -244,7 +230,7 @@ def test_idx_interrupt_only_every_third_request_across_the_index_wrap(disk, base
     one interrupt per 3 requests, also where the 16-bit indices wrap."""
     _, store, pattern = disk
     s, _ = start(store, without=INDIRECT)
-    try:
+    with s:
         fe = s.fe
         q = fe.setup_queue(0, 16, base=base)
         ring, mem = q.ring, fe.memory
@@ -268,5 +254,3 @@ def test_idx_interrupt_only_every_third_request_across_the_index_wrap(disk, base
             ring.disable_cb()                   # collect without moving used_event
             assert len(ring.collect()) == 3
             ring.avail_flags_shadow = 0
-    finally:
-        s.close()
