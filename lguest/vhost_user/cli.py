@@ -59,9 +59,10 @@ def parse_args(argv):
                    help=f"block request queues offered (default {DEFAULT_BLOCK_QUEUES}, "
                         f"at most {MAX_QUEUES})")
     p.add_argument("--poll-us", type=int, default=DEFAULT_POLL_US, metavar="N",
-                   help="busy-poll each ring's kick fd for N microseconds before sleeping on "
-                        "it: lower latency at one request in flight, for up to N us of CPU "
-                        f"after each request (default {DEFAULT_POLL_US}; 0 = off)")
+                   help="busy-poll each ring's kick fd for up to N microseconds before "
+                        "sleeping on it, the window adapted to how often kicks come: lower "
+                        "latency at one request in flight, for up to N us of CPU after each "
+                        f"request (default {DEFAULT_POLL_US}; 0 = off)")
     p.add_argument("--no-isolate", dest="isolate", action="store_false",
                    help="serve each front-end in this process instead of a forked child "
                         "(by default a front-end that crashes its session, e.g. by shrinking "

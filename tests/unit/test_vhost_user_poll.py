@@ -6,7 +6,7 @@ import time
 import pytest
 
 from lguest.devices.block import BlockDevice
-from lguest.vhost_user import cli
+from lguest.vhost_user import cli, rings
 from lguest.vhost_user.backend import VhostUserTransport
 from test_vhost_user_backend import SECTOR, Session, disk  # noqa: F401 - fixture
 
@@ -26,26 +26,33 @@ def read_sector(q, sector):
 
 
 @pytest.mark.parametrize("poll_us", [0, 200_000])
-def test_kicks_within_the_poll_window_are_caught_without_sleeping(disk, poll_us):
+def test_kicks_within_the_poll_window_are_caught_without_sleeping(disk, poll_us, monkeypatch):
+    # Our front-end is a thread of this process: while it runs, a spinning ring thread
+    # waits for the GIL, which the preemption check (tested below) would take as a lost
+    # CPU. This test is about the window, so that check is off here.
+    monkeypatch.setattr(rings, "POLL_PREEMPTED_NS", 10**12)
+    monkeypatch.setattr(rings, "host_has_a_spare_cpu", lambda: True)   # however busy CI is
     _, store, pattern = disk
     s = session(store, poll_us)
-    try:
+    with s:
         q = s.fe.setup_queue(0, 16)
-        for sector in range(5):        # each kick follows the last answer at once
-            assert read_sector(q, sector) == pattern[sector * SECTOR:(sector + 1) * SECTOR]
+        for sector in range(40):       # each kick follows the last answer at once
+            assert read_sector(q, sector % 8) == pattern[sector % 8 * SECTOR:
+                                                         (sector % 8 + 1) * SECTOR]
         (watcher,) = s.backend.watchers
         if poll_us:
-            assert watcher.polls >= 4          # a kick may land before the first wait
+            # The window starts at zero and doubles from 4 us while kicks come within
+            # the maximum, so after the first few requests they are caught spinning.
+            assert watcher.polls >= 25, (watcher.polls, watcher.sleeps)
+            assert watcher.poll.window_ns > 0
         else:
-            assert watcher.polls == 0 and watcher.sleeps >= 5
-    finally:
-        s.close()
+            assert watcher.polls == 0 and watcher.sleeps >= 40
 
 
 def test_an_idle_ring_stops_polling_and_sleeps(disk):
     _, store, pattern = disk
     s = session(store, 2_000)                  # 2 ms
-    try:
+    with s:
         q = s.fe.setup_queue(0, 16)
         read_sector(q, 0)
         (watcher,) = s.backend.watchers
@@ -55,8 +62,6 @@ def test_an_idle_ring_stops_polling_and_sleeps(disk):
         time.sleep(0.3)
         assert time.process_time() - before < 0.1, "a ring thread spins while idle"
         assert read_sector(q, 1) == pattern[SECTOR:2 * SECTOR]   # and still wakes
-    finally:
-        s.close()
 
 
 def test_the_cli_takes_poll_us_and_refuses_nonsense(tmp_path, capsys):
@@ -74,3 +79,73 @@ def test_the_cli_takes_poll_us_and_refuses_nonsense(tmp_path, capsys):
 
 class _Store:
     size = 4096
+
+
+def test_the_window_grows_while_kicks_come_within_the_maximum_and_drops_when_not():
+    poll = rings.AdaptivePoll(200_000)
+    assert poll.window_ns == 0                 # a new ring sleeps at once
+    poll.waited(50_000)                        # a kick 50 us after the wait began
+    assert poll.window_ns == rings.POLL_START_NS
+    for _ in range(20):
+        poll.waited(min(poll.window_ns + 1, 200_000))   # just missed, each time
+    assert poll.window_ns == 200_000           # doubled up to the maximum, no further
+    poll.waited(150_000)                       # caught within the window: unchanged
+    assert poll.window_ns == 200_000
+    poll.waited(250_000)                       # longer than the maximum: poll less
+    assert poll.window_ns == 100_000
+    for _ in range(20):
+        poll.waited(10**9)                     # an idle ring: soon no spinning at all
+    assert poll.window_ns == 0
+    poll.window_ns = 64_000
+    poll.preempted()
+    assert poll.window_ns == 32_000
+
+
+class _IdlePoller:
+    """A poller with nothing to say to poll(0); poll() (asleep) returns a kick."""
+
+    def __init__(self):
+        self.spins = self.sleeps = 0
+
+    def poll(self, timeout=None):
+        if timeout == 0:
+            self.spins += 1
+            return []
+        self.sleeps += 1
+        return [(7, 1)]
+
+
+def test_a_spin_that_loses_its_cpu_stops_and_sleeps(monkeypatch):
+    # A turn of the loop that took 100 us: another thread had the CPU (or the GIL).
+    clock = iter(range(0, 10**9, 100_000))
+    monkeypatch.setattr(rings.time, "monotonic_ns", lambda: next(clock))
+    monkeypatch.setattr(rings, "host_has_a_spare_cpu", lambda: True)
+    watcher = rings.KickWatcher(rings.Vring(0), serve=None, on_error=None, poll_us=100_000)
+    watcher.poll.window_ns = 80_000_000                   # an 80 ms window...
+    poller = _IdlePoller()
+    assert watcher._wait(poller) == {7: 1}
+    assert poller.spins == 1 and poller.sleeps == 1       # ...given up after one turn
+    assert watcher.poll.window_ns == 40_000_000           # and halved
+
+
+def test_no_spinning_while_the_host_has_no_cpu_to_spare():
+    answers = [False, True]
+    poll = rings.AdaptivePoll(200_000, spare_cpu=lambda: answers.pop(0))
+    poll.window_ns = 100_000
+    assert poll.usable_window(0) == 0                     # busy host: sleep at once
+    assert poll.usable_window(1_000) == 0                 # asked again only later...
+    assert poll.usable_window(rings.SPARE_CPU_CHECK_NS) == 100_000   # ...and now idle
+    assert answers == []
+
+
+def test_the_spare_cpu_check_counts_runnable_tasks_against_cpus(tmp_path):
+    loadavg = tmp_path / "loadavg"
+    loadavg.write_text("0.30 0.42 0.67 2/97 7736\n")    # us and the guest: one CPU each
+    assert rings.host_has_a_spare_cpu(loadavg, cpus=2)
+    loadavg.write_text("0.30 0.42 0.67 3/97 7736\n")    # one more waits for a CPU
+    assert not rings.host_has_a_spare_cpu(loadavg, cpus=2)
+    loadavg.write_text("1.77 0.80 0.79 6/122 21637\n")  # six runnable on two CPUs
+    assert not rings.host_has_a_spare_cpu(loadavg, cpus=2)
+    loadavg.write_text("2/97\n")                        # not the format: trust the window
+    assert rings.host_has_a_spare_cpu(loadavg, cpus=2)
+    assert rings.host_has_a_spare_cpu(tmp_path / "absent", cpus=2)
