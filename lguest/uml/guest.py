@@ -119,7 +119,8 @@ class Guest:
     root: "host" (the host's root, read-only, with cwd writable, commands run there as
     user: L:886) or "initramfs" (the busybox guest); share: more host directories,
     "HOST[:GUEST][,ro]" or (host, guest[, read_only]); cwd (default: ours) and user
-    ((uid, gid), default: ours) are where and as whom commands run with the host root;
+    ((uid, gid) or (uid, gid, supplementary groups); default: ours, with our groups)
+    are where and as whom commands run with the host root;
     terminal: our stdout is a terminal, so the caller's TERM is passed (else TERM=dumb).
     """
 
@@ -127,7 +128,7 @@ class Guest:
                  net: str | Served | None = None, ip: str | None = None, mem: int = 64,
                  timeout: float | None = 60.0, backend: str = "lguest", kit: Kit | None = None,
                  root: str = "host", share: Iterable = (), cwd: str | None = None,
-                 user: tuple[int, int] | None = None, terminal: bool = False):
+                 user: tuple | None = None, terminal: bool = False):
         self.block = [b if isinstance(b, str) else f"{b[0]},ro" if b[1] else b[0]
                       for b in block]
         self.console = console

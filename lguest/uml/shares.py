@@ -12,12 +12,18 @@
 # GID` chroots, changes directory (its -w is opened before the chroot) and drops to the
 # user's ids in one exec (the host root holds no busybox, and once the ids are dropped
 # chroot is no longer allowed), with an environment of PATH, HOME, TERM and LANG from
-# the caller. `--root=initramfs` keeps the busybox guest as it was; its --share
+# the caller. busybox cannot set supplementary groups, and the guest's kernel checks
+# a file's mode against them (virtiofs mounts with default_permissions): a user whose
+# files are readable through a second group would be refused in the guest what the host
+# allows. So when the user has groups beyond their gid, nsenter stays root and execs the
+# host's own util-linux setpriv (it is in the guest's root: the host's), which drops to
+# the ids with those groups; one more exec, for those users only. `--root=initramfs` keeps the busybox guest as it was; its --share
 # directories are mounted at their guest paths.
 """
 
 import os
 import shlex
+import sys
 from dataclasses import dataclass, field
 
 from ..errors import LauncherError
@@ -30,6 +36,8 @@ GUEST_OWNED = ("/proc", "/sys", "/dev")
 # Passed from the caller's environment to each command (when set).
 PASSED_ENV = ("PATH", "HOME", "TERM", "LANG")
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
+# util-linux's, on the host root (which is the guest's): sets supplementary groups.
+SETPRIV = "/usr/bin/setpriv"
 # virtio_uml probes a device some time after boot; a mount before that finds no tag.
 MOUNT_TRIES, MOUNT_PAUSE_US = 250, 20000
 
@@ -89,6 +97,7 @@ class Plan:
     cwd: str | None = None                      # where commands run (host root only)
     user: tuple = (0, 0)
     env: dict = field(default_factory=dict)
+    groups: tuple = ()                          # supplementary groups, as getgroups()
 
     @property
     def served(self):
@@ -171,11 +180,29 @@ class Plan:
             return command
         env = [shlex.quote(f"{k}={v}") for k, v in self.env.items()]
         uid, gid = self.user
+        if set(self.groups) - {gid}:
+            # Root in the chroot, then the host's setpriv drops to the ids and groups.
+            ids = (f"{SETPRIV} --reuid={int(uid)} --regid={int(gid)} "
+                   f"--groups={','.join(str(int(g)) for g in self.groups)}")
+        else:
+            ids = f"-S {int(uid)} -G {int(gid)}"
         # The agent's shell exports PATH and HOME only (L:821), and PWD, SHLVL of its
         # own: `unset` and `export` are builtins, where `env -i` would be one more exec.
         return (f"unset PWD OLDPWD SHLVL; export {' '.join(env)}; exec /bin/busybox nsenter -F "
                 f"{shlex.quote('-r' + HOST_MOUNT)} {shlex.quote('-w' + HOST_MOUNT + self.cwd)} "
-                f"-S {int(uid)} -G {int(gid)} /bin/sh -c {shlex.quote(command)}")
+                f"{ids} /bin/sh -c {shlex.quote(command)}")
+
+
+def supplementary_groups(gid, groups, setpriv=SETPRIV):
+    """The groups a command can be given: all of them where the host has setpriv;
+    without it, none beyond gid (said once, on stderr: the command may be refused a
+    file its user could read through one of them)."""
+    groups = tuple(dict.fromkeys(int(g) for g in groups))
+    if not set(groups) - {gid} or os.access(setpriv, os.X_OK):
+        return groups
+    print(f"lguest: no {setpriv} on this host: the command runs without the supplementary "
+          f"groups {','.join(str(g) for g in groups if g != gid)}", file=sys.stderr)
+    return ()
 
 
 _MOUNT_FUNCTION = f"""lg_mount() {{
@@ -248,7 +275,9 @@ def plan(shares=(), root="host", cwd=None, user=None, environ=None, terminal=Fal
     tagged = [Share("/", "/", True, "lgroot")] + [
         Share(s.host, s.guest, s.read_only, f"lgshare{i}") for i, s in enumerate(ordered)]
     if user is None:
-        user = (os.getuid(), os.getgid())
-    made = Plan(root, tagged, cwd, tuple(user), caller_env(environ, terminal))
+        user = (os.getuid(), os.getgid(), os.getgroups())
+    uid, gid, *groups = user                    # (uid, gid[, supplementary groups])
+    groups = supplementary_groups(gid, groups[0]) if groups else ()
+    made = Plan(root, tagged, cwd, (uid, gid), caller_env(environ, terminal), groups)
     made.mount_points_to_make()
     return made

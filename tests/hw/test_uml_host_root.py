@@ -89,6 +89,24 @@ def test_another_user_writes_as_that_user(uml, project):
     assert not os.path.exists("/root/denied")
 
 
+def test_the_users_supplementary_groups_open_what_they_open_on_the_host(uml, project):
+    if os.geteuid() != 0:
+        pytest.skip("only root can run the guest's commands as another user")
+    if not os.access(shares.SETPRIV, os.X_OK):
+        pytest.skip(f"no {shares.SETPRIV} on this host")
+    os.chown(project, 1234, 5678)
+    for name, group in (("ours.txt", 4242), ("theirs.txt", 4343)):
+        path = os.path.join(project, name)
+        with open(path, "w") as f:
+            f.write(f"{name}\n")
+        os.chown(path, 0, group)
+        os.chmod(path, 0o640)               # readable through the group only
+    with Guest(kit=uml, timeout=TIMEOUT, cwd=project, user=(1234, 5678, (5678, 4242))) as g:
+        r = g.run("id -u; id -G; cat ours.txt; cat theirs.txt 2>/dev/null || echo refused")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["1234", "5678", "4242", "ours.txt", "refused"], r.stderr
+
+
 def test_the_host_root_is_read_only(uml, project):
     host_python()
     victim, made = "/var/tmp/lguest-host-root-probe", "/usr/lguest-probe"

@@ -75,10 +75,32 @@ def test_host_root_plan_shares_root_read_only_and_cwd_read_write(tmp_path):
     assert words[-3:] == ["/bin/sh", "-c", "echo 'hi there'"]
 
 
+def test_supplementary_groups_go_through_the_hosts_setpriv(tmp_path):
+    p = plan(root="host", cwd=str(tmp_path), user=(1000, 100, (100, 27, 100, 999)))
+    assert p.groups == (100, 27, 999)
+    words = shlex.split(p.wrap("id"))
+    at = words.index("nsenter")
+    # No -S/-G: nsenter stays root in the chroot, and setpriv drops to the ids and groups.
+    assert words[at:at + 9] == ["nsenter", "-F", "-r/host", f"-w/host{tmp_path}",
+                                shares.SETPRIV, "--reuid=1000", "--regid=100",
+                                "--groups=100,27,999", "/bin/sh"]
+    only_gid = plan(root="host", cwd=str(tmp_path), user=(1000, 100, (100,)))
+    assert "-S" in shlex.split(only_gid.wrap("id")) and only_gid.groups == (100,)
+
+
+def test_without_setpriv_the_groups_are_dropped_and_said(tmp_path, capsys):
+    assert shares.supplementary_groups(100, (100, 27), setpriv=str(tmp_path / "none")) == ()
+    assert "without the supplementary groups 27" in capsys.readouterr().err
+    assert shares.supplementary_groups(100, (100,), setpriv=str(tmp_path / "none")) == (100,)
+    assert capsys.readouterr().err == ""
+
+
 def test_host_root_plan_defaults_to_the_caller(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     p = plan(environ={})
     assert p.cwd == str(tmp_path) and p.user == (os.getuid(), os.getgid())
+    if os.access(shares.SETPRIV, os.X_OK):
+        assert set(p.groups) == set(os.getgroups())
     assert p.env == {"PATH": shares.DEFAULT_PATH, "HOME": "/", "TERM": "dumb"}
 
 
