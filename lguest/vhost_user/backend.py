@@ -25,8 +25,8 @@ from ..transport_rules import (offered_features, over_accepted, queue_size_probl
 from ..virtqueue import Virtqueue
 from . import protocol as P
 from .memory import RegionMemory
-from .rings import (DEFAULT_POLL_US, DirectRunner, KickWatcher, Vring, require_x86_host,
-                    signal_fd)
+from .polling import DEFAULT_POLL_US
+from .rings import DirectRunner, KickWatcher, Vring, require_x86_host, signal_fd
 
 log = logging.getLogger("lguest.vhost_user")
 

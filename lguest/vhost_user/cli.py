@@ -30,7 +30,8 @@ import threading
 from ..devices.block import MAX_QUEUES
 from ..errors import LguestError
 from . import served as devices
-from .rings import DEFAULT_POLL_US, require_x86_host
+from .polling import DEFAULT_POLL_US
+from .rings import require_x86_host
 from .server import VhostUserServer, serve_isolated
 
 

@@ -25,6 +25,8 @@ import time
 
 from ..devices.base import InlineRunner, serve_until_idle
 from ..errors import GuestError, LauncherError
+from . import polling
+from .polling import DEFAULT_POLL_US, AdaptivePoll
 
 log = logging.getLogger("lguest.vhost_user")
 
@@ -106,77 +108,6 @@ def signal_fd(fd):
         log.warning("vhost-user: cannot signal fd %d: %s", fd, e)
 
 
-#L:734 Busy-polling. A ring thread asleep in poll() costs a wake-up per request: the
-# kernel's futex and scheduler path and, in a virtual machine such as this one, a
-# halted vCPU woken by its hypervisor -- tens of microseconds, which at one request in
-# flight is most of a 4 KiB read or a console line. QEMU's answer (AioContext
-# poll-max-ns) is to look again for a while before sleeping; ours is the same with
-# poll(timeout=0) on the kick and stop fds, so the GIL is let go on every turn and the
-# other rings' threads run. How long is adapted to the ring, as QEMU adapts it
-# (util/aio-posix.c, adjust_polling_time, with poll-shrink 2): the window starts at
-# zero, doubles (from POLL_START_NS) each time a kick came after the window but within
-# the maximum, and halves when a kick took longer than the maximum: an idle or slow
-# ring soon sleeps at once and costs no CPU; a busy one is caught while it is busy, and
-# one long gap (QEMU's default shrinks to zero) does not cost the next few requests
-# their wake-ups. One thing QEMU does not do: a turn of the loop that took more than
-# POLL_PREEMPTED_NS means another thread had our CPU (or the GIL) while we spun -- on a
-# loaded host spinning only takes time from the guest we wait for -- so we stop, sleep,
-# and halve the window.
-# For the same reason we spin only while no task waits for a CPU: no more runnable
-# tasks than CPUs we may run on (/proc/loadavg's fourth field, which counts us, and the
-# guest if it is busy producing the next request), looked at every SPARE_CPU_CHECK_NS.
-# Measured (bench/RESULTS.md, "busy-polling"): on a quiet host, blk QD1 0.27x -> 1.67x
-# of qemu-storage-daemon and console lines 0.6x -> 1.5x of UML's own console, at ~1.4x
-# the CPU per request. poll_us is the maximum; 0 turns polling off.
-DEFAULT_POLL_US = 200
-POLL_START_NS = 4_000
-POLL_PREEMPTED_NS = 50_000
-SPARE_CPU_CHECK_NS = 10_000_000
-
-
-def host_has_a_spare_cpu(loadavg="/proc/loadavg", cpus=None):
-    """True unless more tasks are runnable than the CPUs we may use (L:734): we are
-    one of them, and so may be the guest waiting for our answer."""
-    try:
-        with open(loadavg, "rb") as f:
-            runnable = int(f.read().split()[3].split(b"/")[0])
-        return runnable <= (cpus or len(os.sched_getaffinity(0)))
-    except (OSError, ValueError, IndexError, AttributeError):
-        return True                   # no such file here: trust the window alone
-
-
-class AdaptivePoll:
-    """The busy-poll window of one ring (L:734), in nanoseconds."""
-
-    def __init__(self, max_ns, spare_cpu=None):
-        self.max_ns = max_ns
-        self.window_ns = 0
-        self._spare_cpu = spare_cpu
-        self._spare = True
-        self._checked_ns = None
-
-    def usable_window(self, now_ns):
-        """The window to spin for now: 0 while the host has no CPU to spare."""
-        if not self.window_ns:
-            return 0
-        if self._checked_ns is None or now_ns - self._checked_ns >= SPARE_CPU_CHECK_NS:
-            self._spare = (self._spare_cpu or host_has_a_spare_cpu)()
-            self._checked_ns = now_ns
-        return self.window_ns if self._spare else 0
-
-    def waited(self, waited_ns):
-        """Adapt the window to a kick that came `waited_ns` after the wait began."""
-        if waited_ns <= self.window_ns:
-            return                                  # caught while polling: keep it
-        if waited_ns > self.max_ns:
-            self.window_ns //= 2                    # would have to poll too long
-        else:
-            self.window_ns = min(self.max_ns, self.window_ns * 2 or POLL_START_NS)
-
-    def preempted(self):
-        self.window_ns //= 2
-
-
 class KickWatcher:
     """A thread serving one ring each time its kick fd fires, until stop().
     poll_us: how long to busy-poll the kick fd before sleeping on it (L:734)."""
@@ -249,7 +180,7 @@ class KickWatcher:
                 self.polls += 1
                 self.poll.waited(now - start)
                 return dict(events)
-            if now - last > POLL_PREEMPTED_NS:
+            if now - last > polling.POLL_PREEMPTED_NS:
                 self.poll.preempted()             # someone else wanted this CPU
                 break
             if now - start >= window:

@@ -19,7 +19,8 @@ from ..errors import LauncherError
 from ..host.factory import HostResources, make_device
 from ..host.runner import ThreadedRunner
 from .backend import VhostUserTransport
-from .rings import DEFAULT_POLL_US, DirectRunner
+from .polling import DEFAULT_POLL_US
+from .rings import DirectRunner
 
 
 @dataclass

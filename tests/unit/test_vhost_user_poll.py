@@ -6,7 +6,7 @@ import time
 import pytest
 
 from lguest.devices.block import BlockDevice
-from lguest.vhost_user import cli, rings
+from lguest.vhost_user import cli, polling, rings
 from lguest.vhost_user.backend import VhostUserTransport
 from test_vhost_user_backend import SECTOR, Session, disk  # noqa: F401 - fixture
 
@@ -30,8 +30,8 @@ def test_kicks_within_the_poll_window_are_caught_without_sleeping(disk, poll_us,
     # Our front-end is a thread of this process: while it runs, a spinning ring thread
     # waits for the GIL, which the preemption check (tested below) would take as a lost
     # CPU. This test is about the window, so that check is off here.
-    monkeypatch.setattr(rings, "POLL_PREEMPTED_NS", 10**12)
-    monkeypatch.setattr(rings, "host_has_a_spare_cpu", lambda: True)   # however busy CI is
+    monkeypatch.setattr(polling, "POLL_PREEMPTED_NS", 10**12)
+    monkeypatch.setattr(polling.CpuPressure, "spare", lambda self, now: True)  # however busy CI is
     _, store, pattern = disk
     s = session(store, poll_us)
     with s:
@@ -82,10 +82,10 @@ class _Store:
 
 
 def test_the_window_grows_while_kicks_come_within_the_maximum_and_drops_when_not():
-    poll = rings.AdaptivePoll(200_000)
+    poll = polling.AdaptivePoll(200_000)
     assert poll.window_ns == 0                 # a new ring sleeps at once
     poll.waited(50_000)                        # a kick 50 us after the wait began
-    assert poll.window_ns == rings.POLL_START_NS
+    assert poll.window_ns == polling.POLL_START_NS
     for _ in range(20):
         poll.waited(min(poll.window_ns + 1, 200_000))   # just missed, each time
     assert poll.window_ns == 200_000           # doubled up to the maximum, no further
@@ -119,7 +119,7 @@ def test_a_spin_that_loses_its_cpu_stops_and_sleeps(monkeypatch):
     # A turn of the loop that took 100 us: another thread had the CPU (or the GIL).
     clock = iter(range(0, 10**9, 100_000))
     monkeypatch.setattr(rings.time, "monotonic_ns", lambda: next(clock))
-    monkeypatch.setattr(rings, "host_has_a_spare_cpu", lambda: True)
+    monkeypatch.setattr(polling.CpuPressure, "spare", lambda self, now: True)
     watcher = rings.KickWatcher(rings.Vring(0), serve=None, on_error=None, poll_us=100_000)
     watcher.poll.window_ns = 80_000_000                   # an 80 ms window...
     poller = _IdlePoller()
@@ -130,22 +130,42 @@ def test_a_spin_that_loses_its_cpu_stops_and_sleeps(monkeypatch):
 
 def test_no_spinning_while_the_host_has_no_cpu_to_spare():
     answers = [False, True]
-    poll = rings.AdaptivePoll(200_000, spare_cpu=lambda: answers.pop(0))
+    poll = polling.AdaptivePoll(200_000, spare_cpu=lambda now: answers.pop(0))
     poll.window_ns = 100_000
     assert poll.usable_window(0) == 0                     # busy host: sleep at once
     assert poll.usable_window(1_000) == 0                 # asked again only later...
-    assert poll.usable_window(rings.SPARE_CPU_CHECK_NS) == 100_000   # ...and now idle
+    assert poll.usable_window(polling.PRESSURE_WINDOW_NS) == 100_000   # ...and now idle
     assert answers == []
 
 
-def test_the_spare_cpu_check_counts_runnable_tasks_against_cpus(tmp_path):
+def test_cpu_pressure_is_the_share_of_time_some_task_waited_for_a_cpu(tmp_path):
+    psi = tmp_path / "cpu"
+    fallback = []
+    pressure = polling.CpuPressure(psi, fallback=lambda: fallback.append(1) or True)
+
+    def stalled(total_us):
+        psi.write_text(f"some avg10=1.00 avg60=2.00 avg300=3.00 total={total_us}\n"
+                       "full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n")
+
+    stalled(1_000_000)
+    assert pressure.spare(0) and fallback == [1]           # a first sample: no rate yet
+    stalled(1_000_500)                                      # 0.5 ms waited in 10 ms: 5%
+    assert pressure.spare(10_000_000)
+    stalled(1_003_500)                                      # 3 ms waited in 10 ms: 30%
+    assert not pressure.spare(20_000_000)
+    stalled(1_003_600)
+    assert pressure.spare(20_000_000 + polling.PRESSURE_STALE_NS + 1)
+    assert fallback == [1, 1]                               # too old a sample: asked again
+    absent = polling.CpuPressure(tmp_path / "absent", fallback=lambda: False)
+    assert not absent.spare(0)                              # no PSI: the fallback decides
+
+
+def test_the_fallback_counts_runnable_tasks_against_cpus(tmp_path):
     loadavg = tmp_path / "loadavg"
     loadavg.write_text("0.30 0.42 0.67 2/97 7736\n")    # us and the guest: one CPU each
-    assert rings.host_has_a_spare_cpu(loadavg, cpus=2)
+    assert polling.runnable_at_most_cpus(loadavg, cpus=2)
     loadavg.write_text("0.30 0.42 0.67 3/97 7736\n")    # one more waits for a CPU
-    assert not rings.host_has_a_spare_cpu(loadavg, cpus=2)
-    loadavg.write_text("1.77 0.80 0.79 6/122 21637\n")  # six runnable on two CPUs
-    assert not rings.host_has_a_spare_cpu(loadavg, cpus=2)
+    assert not polling.runnable_at_most_cpus(loadavg, cpus=2)
     loadavg.write_text("2/97\n")                        # not the format: trust the window
-    assert rings.host_has_a_spare_cpu(loadavg, cpus=2)
-    assert rings.host_has_a_spare_cpu(tmp_path / "absent", cpus=2)
+    assert polling.runnable_at_most_cpus(loadavg, cpus=2)
+    assert polling.runnable_at_most_cpus(tmp_path / "absent", cpus=2)
