@@ -60,7 +60,7 @@ def parse_share(text):
     head, sep, flag = text.rpartition(",")
     if sep and flag in ("ro", "rw"):
         spec, read_only = head, flag == "ro"
-    host, sep, guest = spec.partition(":")
+    host, sep, guest = _split_share(spec)
     if not host:
         raise LauncherError(f"--share {text}: no host directory (HOST[:GUEST][,ro])")
     if not os.path.isdir(host):
@@ -77,6 +77,18 @@ def parse_share(text):
         raise LauncherError(f"--share {text}: {guest} is under the guest's own "
                             f"{', '.join(GUEST_OWNED)}")
     return Share(host, guest, read_only)
+
+
+def _split_share(spec):
+    """HOST[:GUEST] -> (host, sep, guest). A host directory's name may hold ':' (the
+    whole spec naming a directory is a HOST alone); else the GUEST is what follows the
+    last ':/', as a guest path is absolute."""
+    if os.path.isdir(spec):
+        return spec, "", ""
+    at = spec.rfind(":/")
+    if at > 0:
+        return spec[:at], ":", spec[at + 1:]
+    return spec.partition(":")
 
 
 def _as_share(item):

@@ -20,6 +20,16 @@ def test_a_share_with_a_guest_path_and_ro(tmp_path):
     assert parse_share(f"{tmp_path},ro") == Share(str(tmp_path), str(tmp_path), True)
 
 
+def test_a_host_directory_may_have_a_colon_in_its_name(tmp_path):
+    odd = tmp_path / "a:b"
+    odd.mkdir()
+    assert parse_share(str(odd)) == Share(str(odd), str(odd), False)
+    assert parse_share(f"{odd}:/srv/x,ro") == Share(str(odd), "/srv/x", True)
+    assert parse_share(f"{tmp_path}:/srv/c:d") == Share(str(tmp_path), "/srv/c:d", False)
+    with pytest.raises(LauncherError, match="must be absolute"):
+        parse_share(f"{tmp_path}:relative")
+
+
 def test_the_host_path_is_resolved(tmp_path):
     (tmp_path / "real").mkdir()
     (tmp_path / "link").symlink_to("real")
