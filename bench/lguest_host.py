@@ -11,7 +11,6 @@ ratios. `python bench/lguest_host.py [RUNS]` runs this section alone.
 import json
 import os
 import statistics
-import sys
 import time
 
 from common import HERE, Row, say
@@ -160,6 +159,13 @@ def measure(runs, quick):
 
 
 if __name__ == "__main__":
+    import argparse
     from common import table
-    rows = measure(int(sys.argv[1]) if len(sys.argv) > 1 else 3, False)
-    print(table(rows))
+    p = argparse.ArgumentParser(description="the lguest-host bench section alone: ours vs "
+                                "the seed's C launcher on a real lguest host")
+    p.add_argument("runs", nargs="?", type=int, default=3,
+                   help="boots of each launcher, alternating (1..3; default 3)")
+    args = p.parse_args()
+    if args.runs < 1:
+        p.error("runs must be at least 1")
+    print(table(measure(args.runs, False)))
