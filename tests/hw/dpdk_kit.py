@@ -121,7 +121,12 @@ def _probe(kit):
     out = done.stdout + done.stderr
     if "Cannot init EAL" in out or "error while loading shared libraries" in out \
             or "usage:" not in out.lower():
-        tail = "\n".join(out.strip().splitlines()[-6:])
+        tail = "\n".join(out.strip().splitlines()[-10:])
+        if "world-writable" in out:
+            # EAL loads plugins only from a path no other user can write (each parent
+            # directory checked), so a cache under /tmp cannot serve.
+            tail += (f"\n(the kit is under {root_dir()}: set LGUEST_CACHE to a directory "
+                     "whose parents are not world-writable)")
         raise LauncherError(f"dpdk-testpmd cannot start here (exit {done.returncode}):\n{tail}")
 
 
