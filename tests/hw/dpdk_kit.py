@@ -63,7 +63,7 @@ class TestpmdKit:
         test keeps the other. --no-shconf and a file prefix per run: no files shared
         between runs (or with another DPDK process on the host)."""
         eal = ["--lcores=0@0,1@0", "--no-huge", "-m", "256", "--no-pci", "--no-shconf",
-               f"--file-prefix={prefix}"]
+               "--no-telemetry", f"--file-prefix={prefix}"]
         for p in self.plugins:
             eal += ["-d", p]
         for v in vdevs:
@@ -72,6 +72,17 @@ class TestpmdKit:
         # than -m 256 holds: 4096 fill two queue pairs' rings of 256 many times over.
         return [self.binary, *eal, "--", "-i", "--nb-cores=1", "--total-num-mbufs=4096",
                 *app_args]
+
+
+def runtime_dir(prefix):
+    """Where EAL makes its run directory for a file prefix (eal_create_runtime_dir:
+    /var/run/dpdk for root, else $XDG_RUNTIME_DIR/dpdk or /tmp/dpdk). Even with
+    --no-shconf it is left behind, one per prefix: we remove ours."""
+    if os.geteuid() == 0:
+        base = "/var/run"
+    else:
+        base = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
+    return os.path.join(base, "dpdk", prefix)
 
 
 def root_dir():
@@ -110,14 +121,17 @@ def _unpack_all(debs, dest):
 def _probe(kit):
     """Run testpmd's EAL once with no device (`--help` after EAL init): a missing
     library, plugin or refused plugin path shows here, with the loader's own words."""
+    prefix = f"lgprobe{os.getpid()}"
     try:
-        done = subprocess.run(kit.argv([], ["--help"], f"lgprobe{os.getpid()}"),
+        done = subprocess.run(kit.argv([], ["--help"], prefix),
                               env=kit.env(), capture_output=True, text=True, timeout=60,
                               stdin=subprocess.DEVNULL)
     except OSError as e:
         raise LauncherError(f"cannot run {kit.binary}: {e}") from None
     except subprocess.TimeoutExpired:
         raise LauncherError(f"{kit.binary} --help did not finish in 60 s") from None
+    finally:
+        shutil.rmtree(runtime_dir(prefix), ignore_errors=True)
     out = done.stdout + done.stderr
     if "Cannot init EAL" in out or "error while loading shared libraries" in out \
             or "usage:" not in out.lower():
@@ -159,13 +173,19 @@ def ensure_kit():
 class Testpmd:
     """One interactive testpmd: commands on its stdin, its output to a file."""
 
+    # Those not quit yet: a test that fails between start and quit must not leave one
+    # spinning at 100% of a CPU (quit_all, from the tests' teardown).
+    live = set()
+
     def __init__(self, kit, workdir, vdevs, app_args=(), name="pmd"):
         self.out_path = os.path.join(workdir, f"{name}.out")
         self._out = open(self.out_path, "wb")
-        self.argv = kit.argv(vdevs, list(app_args), f"lg{name}{os.getpid()}")
+        self.prefix = f"lg{name}{os.getpid()}"
+        self.argv = kit.argv(vdevs, list(app_args), self.prefix)
         self.proc = subprocess.Popen(self.argv, env=kit.env(), stdin=subprocess.PIPE,
                                      stdout=self._out, stderr=subprocess.STDOUT)
         self.commands = 0
+        Testpmd.live.add(self)
 
     def output(self):
         with open(self.out_path, errors="replace") as f:
@@ -204,10 +224,17 @@ class Testpmd:
                 self.proc.kill()
                 self.proc.wait()
         self._out.close()
+        shutil.rmtree(runtime_dir(self.prefix), ignore_errors=True)
+        Testpmd.live.discard(self)
         return self.output()
 
     def tail(self, lines=30):
         return "\n".join(self.output().splitlines()[-lines:])
+
+
+def quit_all():
+    for pmd in list(Testpmd.live):
+        pmd.quit(timeout=10)
 
 
 # "show port stats all": one block per port.

@@ -46,6 +46,7 @@ def kit():
 def workdir():
     d = tempfile.mkdtemp(prefix="lgdp-", dir="/tmp")
     yield d
+    dpdk_kit.quit_all()
     shutil.rmtree(d, ignore_errors=True)
 
 
