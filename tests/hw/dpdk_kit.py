@@ -58,18 +58,20 @@ class TestpmdKit:
         return env
 
     def argv(self, vdevs, app_args, prefix):
-        """testpmd with two lcores on CPU 0 (main and one forwarding core): the machine
+        """testpmd with two lcores on one CPU (main and one forwarding core): the machine
         has two CPUs and the forwarding core busy-polls at 100%, so the back-end under
         test keeps the other. --no-shconf and a file prefix per run: no files shared
         between runs (or with another DPDK process on the host)."""
-        eal = ["--lcores=0@0,1@0", "--no-huge", "-m", "256", "--no-pci", "--no-shconf",
+        cpu = min(os.sched_getaffinity(0))       # CPU 0, unless we may not run there
+        eal = [f"--lcores=0@{cpu},1@{cpu}", "--no-huge", "-m", "256", "--no-pci", "--no-shconf",
                "--no-telemetry", f"--file-prefix={prefix}"]
         for p in self.plugins:
             eal += ["-d", p]
         for v in vdevs:
             eal += [f"--vdev={v}"]
         # testpmd sizes its mbuf pool for real NICs (155456 mbufs here, 330 MB), more
-        # than -m 256 holds: 4096 fill two queue pairs' rings of 256 many times over.
+        # than -m 256 holds: 4096 fill two queue pairs' rings of 256 many times over
+        # (a later --total-num-mbufs in app_args wins: bigger rings need more).
         return [self.binary, *eal, "--", "-i", "--nb-cores=1", "--total-num-mbufs=4096",
                 *app_args]
 
