@@ -3,10 +3,12 @@
 Third-party front-end code with no guest kernel: DPDK 22.11's net_virtio_user PMD
 connects to `lguest vhost-user --net ...`, maps its memfd-backed memory (--no-huge), and
 testpmd moves frames through our rings: txonly (testpmd -> our tx ring -> the host's
-tap), rxonly (frames the host sends on the tap -> our rx ring -> testpmd), io across
-`--net pair` (one testpmd, two ports, our cable between them), and two queue pairs. The
-kit (Debian's packages, unpacked into the cache) is tests/hw/dpdk_kit.py. Each testpmd
-runs for about a second of forwarding: its forwarding core spins at 100%.
+tap, 1 to 4 segments a frame), macswap (frames the host sends on the tap -> our rx ring
+-> testpmd -> back, byte for byte), io across `--net pair` (one testpmd, two ports, our
+cable between them), two queue pairs (both used, or one of two), rings larger than
+QEMU's, and a testpmd killed mid-traffic. The kit (Debian's packages, unpacked into the
+cache) is tests/hw/dpdk_kit.py; docs/dpdk.md says what was seen. Each testpmd runs for
+about a second of forwarding: its forwarding core spins at 100%.
 """
 
 import os
