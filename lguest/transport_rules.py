@@ -14,10 +14,12 @@
 # is shown the device's queue_max_size in queue_size (4.1.4.3: "On reset, specifies
 # the maximum queue size supported by the device"); a vhost-user front-end is shown
 # nothing -- it makes its own virtio device and picks the ring size itself (QEMU's
-# queue-size=, rx_queue_size=, up to 1024) -- so it is held to the device's
-# vhost_user_queue_max_size (1024, QEMU's VIRTQUEUE_MAX_SIZE): with the PCI maximum
-# (256) instead, QEMU's vhost-user-blk-pci,queue-size=512 or 1024 got SET_VRING_NUM
-# refused, and as QEMU asks for no reply there, its guest hung at boot with no error.
+# queue-size=, rx_queue_size=, up to 1024; DPDK virtio-user's queue_size=, up to
+# 32768) -- so it is held to the device's vhost_user_queue_max_size (virtio's 32768):
+# with the PCI maximum (256) instead, QEMU's vhost-user-blk-pci,queue-size=512 or 1024
+# got SET_VRING_NUM refused, and as QEMU asks for no reply there, its guest hung at
+# boot with no error; with 1024, DPDK's queue_size=2048 (no reply asked either, and no
+# err fd set) sent frames into rings we never served, its link up.
 #
 # Ring alignment: 2.4 "Descriptor Table 16, Available Ring 2, Used Ring 4" (the
 # modern layout; legacy's 4096-byte used ring is not ours: we are virtio 1.0 only).

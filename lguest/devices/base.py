@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable, Iterable
 
 from ..errors import GuestError
+from ..virtio import MAX_QUEUE_SIZE
 
 if TYPE_CHECKING:
     from ..virtqueue import Virtqueue
@@ -29,10 +30,13 @@ class VirtioDevice:
     device_id = 0              # virtio device type (lguest.virtio.ID_*)
     queue_names = ()           # e.g. ("input", "output")
     queue_max_size = 256       # the largest ring the device accepts, per queue
-    # A vhost-user front-end sizes the rings itself, and QEMU's largest (queue-size=,
-    # rx_queue_size=, its VIRTQUEUE_MAX_SIZE) is 1024: refusing what QEMU may ask for
-    # hangs its guest at boot (L:205); more than that bounds nothing useful.
-    vhost_user_queue_max_size = 1024
+    # A vhost-user front-end sizes the rings itself, and neither QEMU nor DPDK hears a
+    # refusal (L:205), so we take what virtio allows (2.4: 32768). QEMU's largest
+    # (queue-size=, rx_queue_size=) is 1024: refused, its guest hung at boot. DPDK's
+    # virtio-user takes queue_size= up to 32768: with our old limit of 1024, testpmd's
+    # queue_size=2048 came up with its link up, and the frames it sent went into rings
+    # we never served. The ring lies in the front-end's memory; we keep no state per entry.
+    vhost_user_queue_max_size = MAX_QUEUE_SIZE
 
     def __init__(self, name: str | None = None):
         self.name = name or type(self).__name__.lower()

@@ -272,7 +272,7 @@ class VhostUserTransport:
     def _set_vring_num(self, msg):
         index, num = P.decode_state(msg)
         vring = self._vring(index)
-        # L:205: a power of 2, up to QEMU's largest (1024), not the PCI queue_max_size.
+        # L:205: a power of 2, up to virtio's largest (32768), not the PCI queue_max_size.
         problem = queue_size_problem(num, self.device.vhost_user_queue_max_size)
         if problem:
             raise P.RequestError("invalid queue size", queue=index, detail=problem)
