@@ -25,6 +25,7 @@ from lguest.errors import LauncherError
 from lguest.uml.servers import wait_for_socket
 
 import dpdk_kit
+from kits import kit_or_skip
 from qemu_run import Backend
 
 TAP_IP = "10.77.0.1"
@@ -38,10 +39,7 @@ SO_RCVBUFFORCE = 33                     # Linux; root (as the tap tests are) may
 
 @pytest.fixture(scope="module")
 def kit():
-    try:
-        return dpdk_kit.ensure_kit()
-    except LauncherError as e:
-        pytest.skip(f"no dpdk-testpmd: {e}")
+    return kit_or_skip(dpdk_kit.ensure_kit, "DPDK (dpdk-testpmd)")
 
 
 @pytest.fixture
