@@ -7,8 +7,11 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from lguest.devices import net
+from lguest.devices.base import serve_until_idle
 from lguest.errors import GuestError
 from lguest.memory import GuestMemory
+from lguest.virtio import F_RING_EVENT_IDX, F_RING_INDIRECT_DESC
+from lguest.virtqueue import vring_need_event
 from hypothesis_budget import examples
 from test_dev_net import FakeTap, vnet
 from test_dev_rings import GuestRing
@@ -299,3 +302,26 @@ def test_property_frames_over_any_buffers_arrive_whole_or_are_dropped(bodies, si
     assert rx.queue.last_avail_idx == at            # the unused went back to the ring
     assert (dev._held[0] is not None) == bool(held)
     assert dev.stats["rx_dropped"] == len(frames) - delivered_count - held - len(tap.incoming)
+
+
+def test_a_held_frame_still_gets_the_drivers_kick_with_event_idx():
+    # The frame waits for the driver's next buffers, and only a kick brings us back
+    # (wants_host_input says no). With EVENT_IDX the driver kicks when avail.idx passes
+    # avail_event: that must not be left behind the chains we popped and gave back.
+    memory = GuestMemory(8 << 20)
+    rx = GuestRing(memory, 64, base=0x1000, heap=0x100000,
+                   features=(1 << F_RING_EVENT_IDX) | (1 << F_RING_INDIRECT_DESC))
+    tx = GuestRing(memory, 8, base=0x80000, heap=0x90000)
+    tap = StrictTap()
+    dev = net.NetDevice(tap)
+    dev.activate([rx.queue, tx.queue], MRG | GSO)
+    post(rx, 3)
+    tap.incoming = [frame(10000)]
+    serve_until_idle(dev, net.RX, lambda qi: None)
+    assert dev._held[0] is not None and not dev.wants_host_input(net.RX)
+    avail_event = memory.read_u16(rx.used + 4 + 8 * rx.size)
+    old = rx.avail_idx
+    post(rx, 5)
+    assert vring_need_event(avail_event, rx.avail_idx, old)     # the driver kicks
+    serve_until_idle(dev, net.RX, lambda qi: None)
+    assert dev._held == [None] and len(rx.used_entries()) == 7
