@@ -30,6 +30,7 @@ F_MAC = 5
 F_GUEST_TSO4 = 7
 F_GUEST_TSO6 = 8
 F_GUEST_ECN = 9
+F_GUEST_UFO = 10
 F_HOST_TSO4 = 11
 F_HOST_TSO6 = 12
 F_HOST_ECN = 13
@@ -39,12 +40,12 @@ F_MQ = 22
 
 NUM_BUFFERS_OFFSET = 10
 
-# 5.1.6.3.1: the frame (after the 12-byte header) a driver without MRG_RXBUF must leave
-# room for in each rx buffer: 65562 - 12 bytes with GUEST_TSO4/6 or UFO, else 1526 - 12.
-# With MRG_RXBUF the device spreads a frame over as many buffers as it needs (L:387).
+# 5.1.6.3.1: without MRG_RXBUF, a driver that took GUEST_TSO4, GUEST_TSO6 or GUEST_UFO
+# "SHOULD populate the receive queue(s) with buffers of at least 65562 bytes", else of
+# 1526: the 12-byte header and the largest frame. With MRG_RXBUF the device spreads a
+# frame over as many buffers as it needs (L:387), and must find room for these.
 MAX_FRAME = 1514
 MAX_GSO_FRAME = 65550
-F_GUEST_UFO = 10
 # readv() takes at most IOV_MAX buffers (Linux's UIO_MAXIOV): more, and it fails.
 IOV_MAX = 1024
 
