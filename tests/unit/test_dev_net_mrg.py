@@ -325,3 +325,21 @@ def test_a_held_frame_still_gets_the_drivers_kick_with_event_idx():
     assert vring_need_event(avail_event, rx.avail_idx, old)     # the driver kicks
     serve_until_idle(dev, net.RX, lambda qi: None)
     assert dev._held == [None] and len(rx.used_entries()) == 7
+
+
+@pytest.mark.parametrize("chains", [200, 2])        # straight into the ring; bounced
+def test_a_failed_tap_read_is_counted_and_every_chain_goes_back(chains, caplog):
+    dev, rx, tap = make()
+    posted = post(rx, chains)
+
+    def fail_once(views):
+        tap.readv = StrictTap.readv.__get__(tap)
+        raise OSError(5, "Input/output error")
+
+    tap.readv = fail_once
+    tap.incoming = [frame(60)]
+    assert not dev.process(net.RX)
+    assert dev.stats["rx_errors"] == 1 and "Failed to read from tun" in caplog.text
+    assert rx.queue.last_avail_idx == 0             # nothing kept, nothing used
+    assert dev.process(net.RX)                      # the next read works
+    assert [h for h, _ in rx.used_entries()] == [posted[0][0]]
