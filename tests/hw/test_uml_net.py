@@ -155,7 +155,7 @@ def test_two_guests_on_two_taps_at_once_each_reach_their_host(uml):
     base = os.getpid() % 100
     names = [f"lgd{base}a", f"lgd{base}b"]
     hosts = [f"10.13.{base}.1", f"10.13.{base + 100}.1"]
-    guests = [Guest(kit=uml, net=f"tap:{name}:{host}/24", ip=host[:-1] + "2/24", mem=128,
+    guests = [Guest(kit=uml, net=f"tap:{name}:{host}/24", ip=host[:-1] + "2/24", mem=64,
                     timeout=60, root="initramfs")
               for name, host in zip(names, hosts)]
     try:
@@ -178,7 +178,7 @@ def test_uml_takes_a_multiqueue_net_device_and_uses_one_pair(uml):
     name = f"lgm{os.getpid() % 10000}"
     net = served.net_tap(f"tap:{name}:10.17.0.1/24,queues=2")
     try:
-        with Guest(kit=uml, net=net, ip="10.17.0.2/24", mem=128, timeout=60,
+        with Guest(kit=uml, net=net, ip="10.17.0.2/24", mem=64, timeout=60,
                    root="initramfs") as g:
             r = g.run("ping -c 3 -w 20 10.17.0.1")
             live = [q is not None for q in net.device.queues]
