@@ -134,6 +134,7 @@ class Virtqueue:
         self.features = features
         self.name, self.device = name, device
         self.last_avail_idx = last_avail_idx & 0xFFFF
+        self._popped_to = self.last_avail_idx   # one past the furthest chain popped (L:270)
         self.event_idx = bool(features & bit(F_RING_EVENT_IDX))
         self.indirect = bool(features & bit(F_RING_INDIRECT_DESC))
         self.used_idx = 0
@@ -260,6 +261,8 @@ class Virtqueue:
         # not reorder loads with loads, so the order we write is the order we get.
         head = _U16.unpack_from(abuf, aoff + 4 + 2 * (last % self.size))[0]
         self.last_avail_idx = (last + 1) & 0xFFFF
+        if (self.last_avail_idx - self._popped_to) & 0xFFFF < 0x8000:
+            self._popped_to = self.last_avail_idx   # not a given-back chain popped again
         if head >= self.size:
             raise self._error(RULE_HEAD_RANGE, f"index {head}, ring size {self.size}")
         readable, writable = [], []
@@ -442,7 +445,11 @@ class Virtqueue:
     # driver may have added a chain just before it saw our change, and will not kick
     # for it. The barrier orders our store before that second look. The driver reads
     # both words as we write them, so each is one store (L:105): an avail_event
-    # passing through 0 would tell it not to kick.
+    # passing through 0 would tell it not to kick. avail_event is one past the furthest
+    # chain we have popped, not last_avail_idx: a device that gave chains back
+    # (give_back, L:388) has seen them, and waits for the driver to add more; an
+    # avail_event behind what the driver already published would never be passed
+    # again, and the driver would never kick (vhost writes its avail_idx so too).
     def set_notifications(self, enabled: bool) -> None:
         """Ask the driver for kicks (True) or tell it to spare them (False)."""
         if not self._bound:
@@ -450,7 +457,7 @@ class Virtqueue:
         ubuf, uoff = self._used_buf, self._used_off
         if self.event_idx:
             if enabled:
-                store(ubuf, uoff + 4 + USED_ELEM_SIZE * self.size, _U16, self.last_avail_idx)
+                store(ubuf, uoff + 4 + USED_ELEM_SIZE * self.size, _U16, self._popped_to)
         else:
             flags = _U16.unpack_from(ubuf, uoff)[0]
             flags = flags & ~VRING_USED_F_NO_NOTIFY if enabled else flags | VRING_USED_F_NO_NOTIFY

@@ -215,8 +215,10 @@ def iov_take(views, n):
     return bytes(head), iov_skip(views, n)
 
 
-def give_back(queue):
-    """Un-pop the chain just popped: we took it hoping for host input that turned out
-    not to be there. The driver cannot have reused it (it is not in the used ring), so
-    stepping last_avail_idx back makes the next pop() find the same head again."""
-    queue.last_avail_idx = (queue.last_avail_idx - 1) & 0xFFFF
+def give_back(queue, count=1):
+    """Un-pop the `count` chains just popped: we took them hoping for host input that
+    turned out not to be there (or not to need them all). The driver cannot have reused
+    them: they are not in the used ring, so it still counts their descriptors, and the
+    avail slots naming them, as the device's. Stepping last_avail_idx back makes the
+    next pop()s find the same heads again, in the same order."""
+    queue.last_avail_idx = (queue.last_avail_idx - count) & 0xFFFF

@@ -14,6 +14,7 @@
 
 import logging
 import struct
+from collections import deque
 
 from ..config import NET_MAX_QUEUE_PAIRS, parse_mac
 from ..errors import GuestError
@@ -29,6 +30,7 @@ F_MAC = 5
 F_GUEST_TSO4 = 7
 F_GUEST_TSO6 = 8
 F_GUEST_ECN = 9
+F_GUEST_UFO = 10
 F_HOST_TSO4 = 11
 F_HOST_TSO6 = 12
 F_HOST_ECN = 13
@@ -37,6 +39,20 @@ F_CTRL_VQ = 17
 F_MQ = 22
 
 NUM_BUFFERS_OFFSET = 10
+
+# 5.1.6.3.1: without MRG_RXBUF, a driver that took GUEST_TSO4, GUEST_TSO6 or GUEST_UFO
+# "SHOULD populate the receive queue(s) with buffers of at least 65562 bytes", else of
+# 1526: the 12-byte header and the largest frame. With MRG_RXBUF the device spreads a
+# frame over as many buffers as it needs (L:387), and must find room for these.
+MAX_FRAME = 1514
+MAX_GSO_FRAME = 65550
+# readv() takes at most IOV_MAX buffers (Linux's UIO_MAXIOV): more, and it fails.
+IOV_MAX = 1024
+
+# 5.1.6.3.1: "If VIRTIO_NET_F_MRG_RXBUF is negotiated, each buffer MUST be at least
+# the size of the struct virtio_net_hdr."
+RULE_RX_SHORT = "rx buffer shorter than virtio_net_hdr"
+RULE_RX_READABLE = "Output buffers in net input queue?"
 
 # struct virtio_net_config as the seed knew it: mac[6], u16 status, u16 max_virtqueue_pairs.
 CONFIG_SIZE = 10
@@ -56,6 +72,8 @@ MAX_QUEUE_PAIRS = NET_MAX_QUEUE_PAIRS   # what we accept for queue pairs (a tap 
 SEED_FEATURES = (bit(F_CSUM) | bit(F_GUEST_CSUM) | bit(F_GUEST_TSO4) | bit(F_GUEST_TSO6)
                  | bit(F_GUEST_ECN) | bit(F_HOST_TSO4) | bit(F_HOST_TSO6) | bit(F_HOST_ECN)
                  | bit(F_RING_INDIRECT_DESC))
+# Ours, beyond the seed's: mergeable rx buffers (L:387).
+FEATURES = SEED_FEATURES | bit(F_MRG_RXBUF)
 
 
 class NetDevice(VirtioDevice):
@@ -68,11 +86,14 @@ class NetDevice(VirtioDevice):
     def __init__(self, tap, *, mac=None, name="net"):
         super().__init__(name)
         self.taps = list(tap) if isinstance(tap, (list, tuple)) else [tap]
-        self.tap = self.taps[0]
         self.queue_pairs = len(self.taps)
         if not 1 <= self.queue_pairs <= MAX_QUEUE_PAIRS:
             raise ValueError(f"queue pairs must be 1..{MAX_QUEUE_PAIRS}, not {self.queue_pairs}")
-        self.features = SEED_FEATURES
+        self.features = FEATURES
+        # Per pair, for mergeable rx (L:388): a host buffer a frame is read into when the
+        # ring cannot take it directly, and a frame read that way still waiting for room.
+        self._bounce = [None] * self.queue_pairs
+        self._held = [None] * self.queue_pairs
         self.config = bytearray(CONFIG_SIZE)
         if mac is not None:
             self.config[0:6] = parse_mac(mac) if isinstance(mac, str) else bytes(mac)
@@ -103,8 +124,15 @@ class NetDevice(VirtioDevice):
         # buffer for it. Such a frame is not dropped: it stays in the tap's queue (the
         # kernel's, tx_queue_len frames, 1000 here; past that the tap drops and counts
         # tx_dropped) until buffers come (scripts/net-boot-loss reads both counts).
+        # rx_merged: frames spread over more than one rx buffer (MRG_RXBUF, L:387);
+        # rx_dropped: frames no ring of the driver's could ever hold (L:388).
         self.stats = {"rx": 0, "tx": 0, "tx_errors": 0, "rx_errors": 0, "rx_waits": 0,
-                      "ctrl": 0, "pairs_set": None}
+                      "rx_merged": 0, "rx_dropped": 0, "ctrl": 0, "pairs_set": None}
+
+    @property
+    def tap(self):
+        """The first pair's tap (the only one, without multiqueue)."""
+        return self.taps[0]
 
     @property
     def vhost_queue_num(self):
@@ -136,6 +164,12 @@ class NetDevice(VirtioDevice):
             self.active_pairs = 1
         self._ctrl_was_live = ctrl_live
         self._attach_taps()
+
+    def reset(self):
+        # A frame held for a driver that is gone would reach its successor, who may
+        # not even have negotiated a size it fits (GUEST_TSO): it goes with the driver.
+        super().reset()
+        self._held = [None] * self.queue_pairs
 
     def pair_in_use(self, pair):
         if pair >= len(self.queues) // 2 or self.queues[2 * pair] is None:
@@ -210,9 +244,12 @@ class NetDevice(VirtioDevice):
 
     def wants_host_input(self, queue_index):
         """The runner waits for the tap only while the guest has rx buffers for it
-        (and, with several pairs, uses that pair)."""
+        (and, with several pairs, uses that pair), and no frame is already waiting for
+        more of them (L:388: then the guest's next kick is what we wait for)."""
         pair, kind = divmod(queue_index, 2)
         if queue_index == self.ctrl_index or kind != RX or not self.pair_in_use(pair):
+            return False
+        if self._held[pair] is not None:
             return False
         return self.queues[queue_index].has_available()
 
@@ -222,6 +259,8 @@ class NetDevice(VirtioDevice):
         # interrupt the guest (it asks the queue once process() returns): "if it
         # looks like we'll block reading from the tun device, send them an
         # interrupt". So a burst of frames costs the guest one interrupt.
+        if self.negotiated & bit(F_MRG_RXBUF):
+            return self._receive_mergeable(pair)
         queue = self.queues[2 * pair + RX]
         tap = self.taps[pair]
         used = False
@@ -231,35 +270,134 @@ class NetDevice(VirtioDevice):
                 self.stats["rx_waits"] += 1
                 break
             if chain.readable:
-                raise GuestError("Output buffers in net input queue?")
+                raise GuestError(RULE_RX_READABLE)
             n = self.read_frame(chain.writable, tap)
             if n is None:
                 give_back(queue)
                 break
+            #L:384 The tap writes the 10 bytes of the old header and skips the last two
+            # (num_buffers). The spec (virtio 1.0, 5.1.6.4.1) says the device MUST set
+            # num_buffers to 1 if VIRTIO_NET_F_MRG_RXBUF has not been negotiated. The
+            # seed left whatever the guest had there; we write it (vhost-net was fixed
+            # the same way in 2025).
+            if n >= VNET_HDR_SIZE:
+                set_num_buffers(chain.writable, 1)
             queue.push(chain.head, n)
+            self.stats["rx"] += 1
             used = True
         return used
 
-    def read_frame(self, views, tap=None):
+    #L:387 Mergeable rx buffers (VIRTIO_NET_F_MRG_RXBUF, 5.1.6.3/5.1.6.4). Without it a
+    # driver offered GUEST_TSO must post buffers that each hold a 64 KiB frame: Linux
+    # chains ~72 KiB of pages per buffer and fills its 256-entry ring with them, ~20 MiB
+    # of a 64 MiB guest. With it, it posts buffers of a page or less, and the device
+    # spreads a frame over as many as it needs, telling the driver how many in the first
+    # one's header (num_buffers). 5.1.6.4.1: the device "MUST use all buffers but the
+    # last ... completely", and "MUST use all buffers used by a single receive packet
+    # together": every buffer but the last is full, and the frame's used entries are
+    # published with one used.idx store (push_many), so the driver never sees part of it.
+    #
+    # The tap hands over a whole frame per readv and cannot say how long it is first.
+    # So we pop chains until they can hold the largest frame the negotiated features
+    # allow (5.1.6.3.1's 65550 or 1514 bytes, plus the header), readv straight into all
+    # of them, use those the frame filled, and keep the rest for the next frame. What
+    # is left when the tap runs dry goes back to the ring (give_back): none of it is in
+    # the used ring, so the driver cannot have reused it, and the next pop finds it.
+    def _receive_mergeable(self, pair):
+        queue = self.queues[2 * pair + RX]
+        tap = self.taps[pair]
+        gso = bit(F_GUEST_TSO4) | bit(F_GUEST_TSO6) | bit(F_GUEST_UFO)
+        want = VNET_HDR_SIZE + (MAX_GSO_FRAME if self.negotiated & gso else MAX_FRAME)
+        spare = deque()     # (chain, its room): popped, not used yet; the last ones popped
+        room = 0
+        used = False
         try:
-            n = (tap or self.tap).readv(views)
+            while self._held[pair] is not None or not tap.will_block():
+                while room < want and (chain := queue.pop()) is not None:
+                    if chain.readable:
+                        raise GuestError(RULE_RX_READABLE)
+                    n = chain.writable_len
+                    if n < VNET_HDR_SIZE:
+                        raise GuestError(RULE_RX_SHORT, detail=f"{n} bytes, head {chain.head}")
+                    spare.append((chain, n))
+                    room += n
+                if room < want and queue.round_spent:
+                    break           # the round's budget ran out, not the ring (L:221)
+                if not spare:
+                    self.stats["rx_waits"] += 1
+                    break
+                n = self._fill(pair, tap, spare, room, want, queue.size)
+                if n is None:
+                    break
+                if n == 0:
+                    continue        # a frame dropped (L:388): on to the next
+                first = spare[0][0]
+                entries = []
+                while n > 0 or not entries:
+                    chain, size = spare.popleft()
+                    entries.append((chain.head, min(size, n)))
+                    room -= size
+                    n -= size
+                set_num_buffers(first.writable, len(entries))
+                queue.push_many(entries)
+                self.stats["rx"] += 1
+                self.stats["rx_merged"] += len(entries) > 1
+                used = True
+        finally:
+            give_back(queue, len(spare))
+        return used
+
+    #L:388 When the chains popped cannot take a frame directly -- the driver has posted
+    # fewer than the largest frame needs, or so many small ones that readv would refuse
+    # the list (IOV_MAX) -- the frame is read into a host buffer and copied from there.
+    # So a driver that posts a few small buffers still gets its small frames at once. A
+    # frame too big for what is posted is held here, not lost, until the driver posts
+    # more: its kick brings us back, and wants_host_input() stops the runner watching
+    # the tap meanwhile (the frame is first in line; the tap's queue waits behind it).
+    # A frame that can never fit is dropped and counted, or it would stop the queue
+    # for ever: when we hold as many chains as the ring has entries, the driver cannot
+    # post another. (A driver with multi-descriptor chains reaches its limit sooner,
+    # which we cannot see: its frame waits, as QEMU's device waits for buffers.)
+    # Returns the frame's length, None if there is none to deliver now, 0 if dropped.
+    def _fill(self, pair, tap, spare, room, want, ring_size):
+        views = [v for chain, _ in spare for v in chain.writable]
+        frame = self._held[pair]
+        if frame is None:
+            if room >= want and len(views) <= IOV_MAX:
+                return self.read_frame(views, tap)      # straight into guest memory
+            if self._bounce[pair] is None:
+                self._bounce[pair] = bytearray(VNET_HDR_SIZE + MAX_GSO_FRAME)
+            bounce = memoryview(self._bounce[pair])[:want]
+            n = self.read_frame([bounce], tap)
+            if n is None:
+                return None
+            frame = bounce[:n]
+        if len(frame) > room:
+            self._held[pair] = None
+            if len(spare) >= ring_size:
+                self.stats["rx_dropped"] += 1
+                log.warning("%s: dropped a frame of %d bytes: the driver's whole rx ring "
+                            "holds %d", self.name, len(frame), room)
+                return 0
+            self._held[pair] = bytes(frame)
+            self.stats["rx_waits"] += 1
+            return None
+        self._held[pair] = None
+        _scatter(views, frame)
+        return len(frame)
+
+    def read_frame(self, views, tap):
+        """One frame from the tap into views: its length, or None if there was none
+        (or the read failed: counted and logged, the frame is lost)."""
+        try:
+            n = tap.readv(views)
         except BlockingIOError:
             return None
         except OSError as e:
             self.stats["rx_errors"] += 1
             log.warning("Failed to read from tun (%s).", str(e))
             return None
-        if n <= 0:
-            return None
-        #L:384 The tap writes the 10 bytes of the old header and skips the last two
-        # (num_buffers). The spec (virtio 1.0, 5.1.6.4.1) says the device MUST set
-        # num_buffers to 1 if VIRTIO_NET_F_MRG_RXBUF has not been negotiated. The
-        # seed left whatever the guest had there; we write it (vhost-net was fixed
-        # the same way in 2025).
-        if n >= VNET_HDR_SIZE and not self.negotiated & bit(F_MRG_RXBUF):
-            set_num_buffers(views, 1)
-        self.stats["rx"] += 1
-        return n
+        return n if n > 0 else None
 
 
 def _gather(views, limit):
@@ -270,6 +408,17 @@ def _gather(views, limit):
         if len(data) >= limit:
             break
     return bytes(data)
+
+
+def _scatter(views, data):
+    """Copy data into the buffers, in order (the caller made sure it fits)."""
+    done = 0
+    for v in views:
+        if done == len(data):
+            break
+        take = min(v.nbytes, len(data) - done)
+        v[:take] = data[done:done + take]
+        done += take
 
 
 def set_num_buffers(views, count):

@@ -14,14 +14,15 @@ from ..vhost_user import served as served_devices
 from .guest import Guest
 
 
-def run_pair(commands, ips, *, timeout=60.0, kit=None, mem=128, root="initramfs"):
+def run_pair(commands, ips, *, timeout=60.0, kit=None, mem=64, root="initramfs", ends=None):
     """Boot two guests joined by a cable; run commands[i] in guest i with address ips[i].
 
-    The busybox root by default: it has ip, ping and nc whatever the host has. 128 MiB,
-    not 64: Linux's virtio_net fills its rx ring with big buffers (no MRG_RXBUF offered,
-    GUEST_TSO on: ~72 KiB a buffer), ~20 MiB of a 64 MiB UML guest, which then had 4 MiB
-    free and once lost a command to the OOM killer ("Killed")."""
-    ends = served_devices.net_pair()
+    The busybox root by default: it has ip, ping and nc whatever the host has. `ends`: the
+    cable (served.net_pair()) if the caller wants to read its devices' stats afterwards;
+    run_pair closes it either way. 64 MiB is enough since the device offers MRG_RXBUF
+    (L:387): without it Linux's virtio_net filled its rx ring with ~72 KiB buffers, ~20
+    MiB of a 64 MiB guest, and a command was once lost to the OOM killer."""
+    ends = ends or served_devices.net_pair()
     results, errors = [None, None], [None, None]
 
     def one(i):

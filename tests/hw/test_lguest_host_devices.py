@@ -56,6 +56,7 @@ echo "GUEST-PING:$? $(grep -c 'bytes from' /tmp/ping)"
 echo NET-UP
 read line
 echo "ETH0:$(cat /sys/class/net/eth0/statistics/rx_packets) $(cat /sys/class/net/eth0/statistics/tx_packets)"
+echo "NET-MRG:$(cut -c16 /sys/bus/virtio/drivers/virtio_net/virtio*/features)"
 echo BREAKING-A-RULE
 for d in /sys/bus/pci/devices/*; do
   if [ "$(cat $d/vendor) $(cat $d/device)" = "0x1af4 0x1044" ]; then
@@ -175,6 +176,12 @@ def test_frames_went_both_ways_through_the_net_device(boot):
     rx, tx = (int(n) for n in boot.value("ETH0").split())
     # Six echo requests and replies each way at least (ARP aside).
     assert rx >= 6 and tx >= 6, boot.report()
+
+
+def test_the_net_driver_took_mergeable_rx_buffers(boot):
+    # Bit 15 of the features virtio_net took (sysfs spells them bit 0 first): MRG_RXBUF
+    # (L:387), so its rx ring holds small buffers, not 18 pages each.
+    assert boot.value("NET-MRG") == "1", boot.report()
 
 
 def test_chroot_is_applied_after_set_up(boot):

@@ -145,12 +145,14 @@ def test_avail_event_never_passes_through_zero():
     assert memory.read_u16(event) == 1
 
     def notify(chunk):
+        # As if the device had popped that far (avail_event is one past the furthest
+        # chain popped, L:270): the values the store passes through are the test.
         for n in range(CHUNK):
-            queue.last_avail_idx = 1 + (chunk * CHUNK + n) % 60_000
+            queue._popped_to = 1 + (chunk * CHUNK + n) % 60_000
             queue.set_notifications(True)
 
     check(*watch(memory, event, notify))
-    assert memory.read_u16(event) == queue.last_avail_idx
+    assert memory.read_u16(event) == queue._popped_to
 
 
 def test_the_drivers_avail_idx_never_reads_as_zero():

@@ -9,6 +9,7 @@ import struct
 import pytest
 
 from lguest import virtqueue as vqmod
+from lguest.devices.base import give_back
 from lguest.errors import GuestError, GuestMemoryError
 from lguest.memory import GuestMemory
 from lguest.virtio import (F_RING_EVENT_IDX, F_RING_INDIRECT_DESC, VRING_AVAIL_F_NO_INTERRUPT,
@@ -177,6 +178,24 @@ def test_notifications_event_idx_writes_avail_event(mem):
     assert mem.read_u16(avail_event) == 1234 and mem.read_u16(USED) == 0
     ring.vq.set_notifications(True)
     assert mem.read_u16(avail_event) == 65535
+
+
+def test_avail_event_after_give_back_is_past_the_chains_popped(mem):
+    # Chains popped and given back (give_back) were seen: avail_event must ask for the
+    # next chain the driver adds, not for one it published long ago (it would never kick).
+    ring = RawRing(mem, features=EVENT_F, start=65534)
+    avail_event = USED + 4 + 8 * 8
+    for head in range(3):
+        ring.desc(head, DATA + 0x100 * head, 16, WRITE)
+        ring.offer(head)
+    assert [ring.vq.pop().head for _ in range(3)] == [0, 1, 2]
+    give_back(ring.vq, 2)
+    ring.vq.set_notifications(True)
+    assert mem.read_u16(avail_event) == 1           # 65534 + 3, across the wrap
+    assert [ring.vq.pop().head for _ in range(2)] == [1, 2]   # popped again: no change
+    ring.vq.set_notifications(True)
+    assert mem.read_u16(avail_event) == 1
+    assert vring_need_event(1, 2, 1)                # the driver's next chain kicks
 
 
 @pytest.mark.parametrize("event,new,old,expected", [
