@@ -420,6 +420,7 @@ class FsDevice(VirtioDevice):
         fh, offset, size, *_ = req.body(W.READ_IN)
         room = min(size, iov_length(req.out))
         reply = bytearray()
+        parent = self.fs.dir_node(fh) if plus else None
         for next_offset, name, ino, kind in self.fs.readdir(fh, offset):
             need = W.dirent_size(name) + (W.ENTRY_OUT_SIZE if plus else 0)
             if len(reply) + need > room:
@@ -428,7 +429,7 @@ class FsDevice(VirtioDevice):
                 found = None
                 if name not in (b".", b".."):
                     try:
-                        found = self.fs.lookup(self.fs.dir_node(fh), name)
+                        found = self.fs.lookup(parent, name)
                     except FileNotFoundError:
                         continue          # gone since the listing: skip it
                     except OSError:

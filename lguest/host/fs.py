@@ -169,8 +169,9 @@ class SharedDirectory:
         return inode
 
     def _dir(self, nodeid):
-        inode = self._inode(nodeid)
-        if not inode.is_dir:
+        inode = self._inodes.get(nodeid)
+        if inode is None or not inode.is_dir:
+            self._inode(nodeid)                # EBADF if unknown
             raise OSError(errno.ENOTDIR, "not a directory")
         return inode
 
@@ -179,14 +180,17 @@ class SharedDirectory:
         key = (st.st_dev, st.st_ino)
         with self._lock:
             nodeid = self._by_key.get(key)
-            if nodeid is not None:
-                os.close(fd)
-            else:
+            if nodeid is None:
                 nodeid = self._next_id
                 self._next_id += 1
-                self._inodes[nodeid] = Inode(fd, key, stat.S_ISDIR(st.st_mode))
+                inode = self._inodes[nodeid] = Inode(fd, key, stat.S_ISDIR(st.st_mode))
                 self._by_key[key] = nodeid
-            self._inodes[nodeid].nlookup += 1
+                fd = None
+            else:
+                inode = self._inodes[nodeid]
+            inode.nlookup += 1
+        if fd is not None:
+            os.close(fd)                       # known already: a second descriptor
         return nodeid, st
 
     def lookup(self, parent, name):
