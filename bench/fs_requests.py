@@ -142,7 +142,8 @@ def phases(drv, files):
             fh = W.OPEN_OUT.unpack_from(body)[0]
             offset, seen = 0, []
             while True:
-                req = drv.request(W.READDIRPLUS, small, W.READ_IN.pack(fh, offset, 4096, 0, 0, 0, 0))
+                req = drv.request(W.READDIRPLUS, small,
+                                  W.READ_IN.pack(fh, offset, 4096, 0, 0, 0, 0))
                 t = time.perf_counter()
                 error, body = send(req)
                 total += time.perf_counter() - t
@@ -180,7 +181,8 @@ def phases(drv, files):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--files", type=int, default=5000)
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--only", nargs="*", help="phases to run")
