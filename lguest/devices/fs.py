@@ -35,6 +35,7 @@ MAX_PAGES = MAX_WRITE // 4096
 # How long the guest may trust a name or attributes without asking again (virtiofsd's
 # cache=auto uses the same second).
 VALID_SECONDS = 1.0
+VALID = W.split_seconds(VALID_SECONDS)
 # The largest arguments a request other than WRITE may have: two names of PATH_MAX.
 MAX_ARGS = 3 * 4096 + 256
 
@@ -65,6 +66,13 @@ class Request:
             raise BadRequest(f"{W.OPCODE_NAMES.get(self.opcode)} arguments of "
                              f"{len(self.args)} bytes, want {layout.size}")
         return layout.unpack_from(self.args)
+
+    def name(self, offset=0):
+        """The NUL-terminated name at `offset` of the arguments."""
+        end = self.args.find(b"\0", offset)
+        if end < 0:
+            raise BadRequest("name not NUL-terminated")
+        return self.args[offset:end]
 
     def names(self, offset, count):
         names = W.split_names(self.args[offset:], count)
@@ -158,14 +166,16 @@ class FsDevice(VirtioDevice):
             reply = -errno.EINVAL         # arguments too long for anything but WRITE
         else:
             reply = self._dispatch(header, opcode, raw[W.IN_HEADER.size:], data, writable, counts)
+        if reply is None:
+            return 0                      # FORGET: no reply
         room = iov_length(writable) - W.OUT_HEADER.size
-        if reply is None or room < 0:
-            return 0                      # FORGET: no reply (or nowhere to put one)
-        if isinstance(reply, int) and reply < 0:
-            counts["errors"] += 1
-            return write_reply(writable, unique, reply, b"")
-        if isinstance(reply, int):        # READ: the data is already in place
-            return write_header(writable, unique, 0, reply)
+        if room < 0:
+            return 0                      # nowhere to put one
+        if isinstance(reply, int):
+            if reply < 0:
+                counts["errors"] += 1
+                return write_reply(writable, unique, reply, b"")
+            return write_header(writable, unique, 0, reply)   # READ: the data is in place
         if len(reply) > room:
             counts["errors"] += 1
             return write_reply(writable, unique, -errno.EIO, b"")
@@ -225,21 +235,16 @@ class FsDevice(VirtioDevice):
         return b""
 
     # -- names -----------------------------------------------------------------------------
-    def entry(self, found):
-        nodeid, st = found
-        return W.pack_entry(nodeid, st, VALID_SECONDS)
-
     def do_lookup(self, req):
-        (name,) = req.names(0, 1)
         try:
-            return self.entry(self.fs.lookup(req.nodeid, name))
+            return W.pack_entry(*self.fs.lookup(req.nodeid, req.name()), VALID)
         except FileNotFoundError:
             if not self.read_only:
                 raise
             # Python's imports and the dynamic loader probe many names that are not
             # there: on a read-only share the guest may remember that, as it does a name
             # that is (VALID_SECONDS), instead of asking again.
-            return W.pack_negative_entry(VALID_SECONDS)
+            return W.pack_negative_entry(VALID)
 
     def do_forget(self, req):
         (nlookup,) = req.body(W.FORGET_IN)
@@ -258,7 +263,7 @@ class FsDevice(VirtioDevice):
     def do_getattr(self, req):
         flags, _, fh = req.body(W.GETATTR_IN)
         st = self.fs.getattr(req.nodeid, fh if flags & W.GETATTR_FH else None)
-        return W.pack_attr_out(st, VALID_SECONDS)
+        return W.pack_attr_out(st, VALID)
 
     def do_setattr(self, req):
         (valid, _, fh, size, _, atime, mtime, _, atimensec, mtimensec, _,
@@ -275,32 +280,32 @@ class FsDevice(VirtioDevice):
             changes["times"] = (time_spec(valid, W.FATTR_ATIME, W.FATTR_ATIME_NOW, atime, atimensec),
                                 time_spec(valid, W.FATTR_MTIME, W.FATTR_MTIME_NOW, mtime, mtimensec))
         st = self.fs.setattr(req.nodeid, fh if valid & W.FATTR_FH else None, changes)
-        return W.pack_attr_out(st, VALID_SECONDS)
+        return W.pack_attr_out(st, VALID)
 
     def do_readlink(self, req):
         return self.fs.readlink(req.nodeid)
 
     def do_symlink(self, req):
         name, target = req.names(0, 2)
-        return self.entry(self.fs.symlink(req.nodeid, name, target, req.caller))
+        return W.pack_entry(*self.fs.symlink(req.nodeid, name, target, req.caller), VALID)
 
     def do_mknod(self, req):
         mode, rdev, umask, _ = req.body(W.MKNOD_IN)
-        (name,) = req.names(W.MKNOD_IN.size, 1)
-        return self.entry(self.fs.mknod(req.nodeid, name, mode, rdev, req.caller))
+        name = req.name(W.MKNOD_IN.size)
+        return W.pack_entry(*self.fs.mknod(req.nodeid, name, mode, rdev, req.caller), VALID)
 
     def do_mkdir(self, req):
         mode, umask = req.body(W.MKDIR_IN)
-        (name,) = req.names(W.MKDIR_IN.size, 1)
-        return self.entry(self.fs.mkdir(req.nodeid, name, mode, req.caller))
+        name = req.name(W.MKDIR_IN.size)
+        return W.pack_entry(*self.fs.mkdir(req.nodeid, name, mode, req.caller), VALID)
 
     def do_unlink(self, req):
-        (name,) = req.names(0, 1)
+        name = req.name()
         self.fs.unlink(req.nodeid, name)
         return b""
 
     def do_rmdir(self, req):
-        (name,) = req.names(0, 1)
+        name = req.name()
         self.fs.rmdir(req.nodeid, name)
         return b""
 
@@ -318,8 +323,8 @@ class FsDevice(VirtioDevice):
 
     def do_link(self, req):
         (oldnode,) = req.body(W.LINK_IN)
-        (name,) = req.names(W.LINK_IN.size, 1)
-        return self.entry(self.fs.link(oldnode, req.nodeid, name))
+        name = req.name(W.LINK_IN.size)
+        return W.pack_entry(*self.fs.link(oldnode, req.nodeid, name), VALID)
 
     # -- files ------------------------------------------------------------------------------
     def do_open(self, req):
@@ -333,9 +338,9 @@ class FsDevice(VirtioDevice):
 
     def do_create(self, req):
         flags, mode, umask, _ = req.body(W.CREATE_IN)
-        (name,) = req.names(W.CREATE_IN.size, 1)
+        name = req.name(W.CREATE_IN.size)
         nodeid, st, fh = self.fs.create(req.nodeid, name, flags, mode, req.caller)
-        return self.entry((nodeid, st)) + W.OPEN_OUT.pack(fh, 0, 0)
+        return W.pack_entry(nodeid, st, VALID) + W.OPEN_OUT.pack(fh, 0, 0)
 
     def do_read(self, req):
         fh, offset, size, *_ = req.body(W.READ_IN)
@@ -415,6 +420,7 @@ class FsDevice(VirtioDevice):
         fh, offset, size, *_ = req.body(W.READ_IN)
         room = min(size, iov_length(req.out))
         reply = bytearray()
+        parent = self.fs.dir_node(fh) if plus else None
         for next_offset, name, ino, kind in self.fs.readdir(fh, offset):
             need = W.dirent_size(name) + (W.ENTRY_OUT_SIZE if plus else 0)
             if len(reply) + need > room:
@@ -423,7 +429,7 @@ class FsDevice(VirtioDevice):
                 found = None
                 if name not in (b".", b".."):
                     try:
-                        found = self.fs.lookup(self.fs.dir_node(fh), name)
+                        found = self.fs.lookup(parent, name)
                     except FileNotFoundError:
                         continue          # gone since the listing: skip it
                     except OSError:
@@ -431,7 +437,7 @@ class FsDevice(VirtioDevice):
                 if found is None:
                     reply += bytes(W.ENTRY_OUT_SIZE)
                 else:
-                    reply += self.entry(found)
+                    reply += W.pack_entry(*found, VALID)
                     st = found[1]
                     ino, kind = st.st_ino, DT_BY_MODE.get(st.st_mode & 0o170000, 0)
             reply += W.pack_dirent(ino, next_offset, kind, name)

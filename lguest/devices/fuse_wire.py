@@ -83,12 +83,15 @@ ACCESS_IN = struct.Struct("<II")             # mask padding
 FALLOCATE_IN = struct.Struct("<QQQII")       # fh offset length mode padding
 LSEEK_IN = struct.Struct("<QQII")            # fh offset whence padding
 
-# Replies.
-ATTR = struct.Struct("<QQQQQQIIIIIIIIII")
+# Replies. Those carrying a struct fuse_attr are packed in one go, from an os.stat_result.
+_ATTR = "QQQqqqIIIIIIIIII"
 # ino size blocks atime mtime ctime atimensec mtimensec ctimensec mode nlink uid gid
-# rdev blksize flags
+# rdev blksize flags; the seconds signed, as the kernel reads them (time64_t)
+ATTR = struct.Struct("<" + _ATTR)
 ENTRY_OUT_HEAD = struct.Struct("<QQQQII")    # nodeid generation entry_valid attr_valid nsecs
 ATTR_OUT_HEAD = struct.Struct("<QII")        # attr_valid attr_valid_nsec dummy
+ENTRY_OUT = struct.Struct(ENTRY_OUT_HEAD.format + _ATTR)      # 128 bytes
+ATTR_OUT = struct.Struct(ATTR_OUT_HEAD.format + _ATTR)        # 104 bytes
 INIT_OUT = struct.Struct("<IIIIHHIIHHI28x")  # ... max_pages map_alignment flags2 unused[7]
 OPEN_OUT = struct.Struct("<QII")             # fh open_flags padding
 WRITE_OUT = struct.Struct("<II")             # size padding
@@ -97,35 +100,42 @@ STATFS_OUT = struct.Struct("<QQQQQIIII24x")  # blocks bfree bavail files ffree b
 LSEEK_OUT = struct.Struct("<Q")
 DIRENT_HEAD = struct.Struct("<QQII")         # ino off namelen type
 
-ENTRY_OUT_SIZE = ENTRY_OUT_HEAD.size + ATTR.size     # 128
-ATTR_OUT_SIZE = ATTR_OUT_HEAD.size + ATTR.size       # 104
+ENTRY_OUT_SIZE = ENTRY_OUT.size
+ATTR_OUT_SIZE = ATTR_OUT.size
+NS = 1_000_000_000
 
 
-def pack_attr(st):
-    """struct fuse_attr from an os.stat_result."""
-    return ATTR.pack(st.st_ino, st.st_size, st.st_blocks,
-                     int(st.st_atime), int(st.st_mtime), int(st.st_ctime),
-                     st.st_atime_ns % 1_000_000_000, st.st_mtime_ns % 1_000_000_000,
-                     st.st_ctime_ns % 1_000_000_000, st.st_mode, st.st_nlink,
-                     st.st_uid, st.st_gid, st.st_rdev & 0xFFFFFFFF,
-                     st.st_blksize, 0)
+def split_seconds(valid):
+    """A time-out in seconds as the (seconds, nanoseconds) the replies carry."""
+    return int(valid), int((valid % 1) * 1e9)
+
+
+def attr_fields(st):
+    """struct fuse_attr's fields from an os.stat_result. Its first ten items are mode,
+    ino, dev, nlink, uid, gid, size and the whole seconds of atime, mtime, ctime (rounded
+    down, as the kernel's tv_sec; the nanoseconds below are then never negative)."""
+    mode, ino, _, nlink, uid, gid, size, atime, mtime, ctime = st
+    return (ino, size, st.st_blocks, atime, mtime, ctime,
+            st.st_atime_ns % NS, st.st_mtime_ns % NS, st.st_ctime_ns % NS,
+            mode, nlink, uid, gid, st.st_rdev & 0xFFFFFFFF, st.st_blksize, 0)
 
 
 def pack_entry(nodeid, st, valid):
-    """struct fuse_entry_out: a node id, its attributes, and how long both hold."""
-    secs, nsecs = int(valid), int((valid % 1) * 1e9)
-    return ENTRY_OUT_HEAD.pack(nodeid, 0, secs, secs, nsecs, nsecs) + pack_attr(st)
+    """struct fuse_entry_out: a node id, its attributes, and how long both hold
+    (valid: (seconds, nanoseconds), from split_seconds)."""
+    secs, nsecs = valid
+    return ENTRY_OUT.pack(nodeid, 0, secs, secs, nsecs, nsecs, *attr_fields(st))
 
 
 def pack_negative_entry(valid):
-    """A LOOKUP's "no such name" the guest may cache for `valid` seconds (node id 0)."""
-    secs, nsecs = int(valid), int((valid % 1) * 1e9)
+    """A LOOKUP's "no such name" the guest may cache for `valid` (node id 0)."""
+    secs, nsecs = valid
     return ENTRY_OUT_HEAD.pack(0, 0, secs, 0, nsecs, 0) + bytes(ATTR.size)
 
 
 def pack_attr_out(st, valid):
-    secs, nsecs = int(valid), int((valid % 1) * 1e9)
-    return ATTR_OUT_HEAD.pack(secs, nsecs, 0) + pack_attr(st)
+    secs, nsecs = valid
+    return ATTR_OUT.pack(secs, nsecs, 0, *attr_fields(st))
 
 
 def dirent_size(name):

@@ -63,6 +63,17 @@ def test_create_write_read_back_and_host_sees_it(client, share):
     assert size == 12
 
 
+def test_attributes_carry_times_as_the_kernel_keeps_them(client, share):
+    """Whole seconds rounded down and nanoseconds 0..999999999, also before 1970."""
+    (share / "old").write_bytes(b"x")
+    os.utime(share / "old", ns=(-1_500_000_000, 1_700_000_000_250_000_000))
+    ino, size, _, atime, mtime, ctime, atime_ns, mtime_ns, *_ = client.getattr(
+        client.node(b"old")).attr()
+    assert (ino, size) == (os.stat(share / "old").st_ino, 1)
+    assert (atime, atime_ns) == (-2, 500_000_000)
+    assert (mtime, mtime_ns) == (1_700_000_000, 250_000_000)
+
+
 def test_lookup_gives_one_node_per_inode_and_forget_releases_it(client, share):
     (share / "a").write_text("x")
     os.link(share / "a", share / "b")

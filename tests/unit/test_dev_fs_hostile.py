@@ -3,6 +3,7 @@ malformed requests get an error reply, never a crash, a hang, or a lost ring."""
 
 import errno
 import os
+import stat
 import threading
 
 import pytest
@@ -154,6 +155,80 @@ def test_openat2_fallback_is_just_as_strict(world, monkeypatch):
     assert c.lookup(b"etc", parent=c.node(b"root")).error == -errno.ENOTDIR
     assert c.lookup(b"..").error == -errno.EINVAL
     assert c.lookup(b"inside.txt").error == 0
+    # What only openat2 could confine is refused without it.
+    dirfd = os.open(share, os.O_PATH | os.O_DIRECTORY)
+    try:
+        for name in (b"..", b"../outside.txt", b"root/etc"):
+            with pytest.raises(OSError) as e:
+                host_fs.open_beneath(dirfd, name, os.O_PATH)
+            assert e.value.errno == errno.EXDEV
+    finally:
+        os.close(dirfd)
+
+
+@pytest.fixture
+def share_fd(world):
+    c, share, top = world
+    os.symlink("/", share / "root")
+    os.symlink("../outside.txt", share / "up")
+    os.symlink("../made-outside", share / "trap")
+    os.symlink("/proc/self/cwd", share / "magic")
+    fd = os.open(share, os.O_PATH | os.O_DIRECTORY)
+    yield fd, share, top
+    os.close(fd)
+
+
+def test_one_component_is_opened_without_openat2_and_stays_inside(share_fd, monkeypatch):
+    """The fast path of open_beneath (plain openat + O_NOFOLLOW for one component, not
+    "." or ".."): each symlink out is the link itself for O_PATH, ELOOP for anything
+    else, O_CREAT through a dangling one included; openat2 is never called."""
+    fd, share, top = share_fd
+
+    def no_openat2(*args):
+        raise AssertionError("openat2 called for one component")
+
+    monkeypatch.setattr(host_fs, "_openat2", no_openat2)
+    before = outside_of(top, share)
+    for name in (b"root", b"up", b"trap", b"magic"):
+        link = host_fs.open_beneath(fd, name, os.O_PATH)
+        try:
+            assert stat.S_ISLNK(os.fstat(link).st_mode)
+        finally:
+            os.close(link)
+        for flags in (os.O_RDONLY, os.O_RDWR | os.O_CREAT, os.O_WRONLY | os.O_TRUNC,
+                      os.O_RDONLY | os.O_DIRECTORY):
+            with pytest.raises(OSError) as e:
+                host_fs.open_beneath(fd, name, flags, 0o644)
+            assert e.value.errno in (errno.ELOOP, errno.ENOTDIR)
+    # A name swapped for a symlink between lookups: the second open finds the link.
+    inside = host_fs.open_beneath(fd, b"inside.txt", os.O_RDONLY)
+    os.close(inside)
+    os.rename(share / "inside.txt", share / "inside.old")
+    os.symlink(str(top / "outside.txt"), share / "inside.txt")
+    with pytest.raises(OSError) as e:
+        host_fs.open_beneath(fd, b"inside.txt", os.O_RDONLY)
+    assert e.value.errno == errno.ELOOP
+    assert not (top / "made-outside").exists()
+    assert (top / "outside.txt").read_text() == "host secret"
+    assert outside_of(top, share) == before
+
+
+@pytest.mark.skipif(not host_fs.HAVE_OPENAT2, reason="the kernel has no openat2")
+def test_what_is_not_one_component_goes_through_openat2_beneath(share_fd):
+    """".." and paths are never sent (check_name refuses them), but should a caller pass
+    one, openat2's RESOLVE_BENEATH confines it: nothing outside opens."""
+    fd, share, top = share_fd
+    for name in (b"..", b"../outside.txt", b"root/etc", b"up/x", b"./../outside.txt",
+                 str(top / "outside.txt").encode()):
+        with pytest.raises(OSError) as e:
+            host_fs.open_beneath(fd, name, os.O_RDONLY)
+        assert e.value.errno in (errno.EXDEV, errno.ELOOP, errno.ENOTDIR), name
+    # "." is the directory itself, which is inside.
+    here = host_fs.open_beneath(fd, b".", os.O_PATH)
+    try:
+        assert os.fstat(here).st_ino == os.stat(share).st_ino
+    finally:
+        os.close(here)
 
 
 def test_short_and_lying_requests_get_einval(world):
