@@ -76,13 +76,20 @@ def make_tree(top):
 
 class Ours:
     name = "lguest"
+    options = ()
 
     def __init__(self, top, workdir):
         self.sock = os.path.join(workdir, "ours.sock")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "lguest", "vhost-user", "--socket", self.sock,
-             "--fs", top, "--tag", TAG], cwd=ROOT, stdin=subprocess.DEVNULL)
+             "--fs", top, "--tag", TAG, *self.options], cwd=ROOT, stdin=subprocess.DEVNULL)
         wait_for(self.sock, self.proc)
+
+    @classmethod
+    def polling(cls, poll_us):
+        """Ours with --poll-us=N, as a side of its own (--variants)."""
+        return type(f"Ours{poll_us}", (cls,), {"name": f"lguest@{poll_us}",
+                                               "options": (f"--poll-us={poll_us}",)})
 
     def close(self):
         self.proc.terminate()
@@ -141,23 +148,26 @@ def one_boot(kit, server_class, top):
             / len(marks[f"{p}-end"]) for p in PHASES}
 
 
-def measure(runs=5, quick=False):
+def measure(runs=5, quick=False, variants=()):
+    """variants: --poll-us values for more sides of ours, in the same alternation."""
     if not os.access(VIRTIOFSD, os.X_OK):
         raise SystemExit(f"{VIRTIOFSD} is missing (Debian: apt-get install qemu-system-common)")
     kit = bench_kit(git_files())
-    times = {"lguest": {p: [] for p in PHASES}, "virtiofsd": {p: [] for p in PHASES}}
+    sides = [Ours, Virtiofsd] + [Ours.polling(n) for n in variants]
+    times = {side.name: {p: [] for p in PHASES} for side in sides}
     with tempfile.TemporaryDirectory(prefix="lguest-fsb-", dir="/tmp") as top:
         make_tree(top)
         for i in range(runs):
-            order = (Ours, Virtiofsd) if i % 2 == 0 else (Virtiofsd, Ours)
+            order = sides if i % 2 == 0 else sides[::-1]
             for server in order:
                 say(f"fs: run {i + 1}/{runs}, {server.name}")
                 for phase, t in one_boot(kit, server, top).items():
                     times[server.name][phase].append(t)
-    return rows(times, runs)
+    return [row for side in sides if side is not Virtiofsd
+            for row in rows(times, runs, side.name)]
 
 
-def rows(times, runs):
+def rows(times, runs, ours_name="lguest"):
     def rate(name, phase, amount):
         ts = times[name][phase]
         return amount / median(ts), f"{min(ts):.3f}-{max(ts):.3f} s"
@@ -170,7 +180,9 @@ def rows(times, runs):
              ">= 0.8x")]
     out = []
     for phase, metric, amount, unit, target in spec:
-        ours, our_range = rate("lguest", phase, amount)
+        if ours_name != "lguest":
+            metric, target = f"{metric}, ours as {ours_name}", ""
+        ours, our_range = rate(ours_name, phase, amount)
         ref, ref_range = rate("virtiofsd", phase, amount)
         out.append(Row("fs", metric, ours, ref, unit, target,
                        f"median of {runs}; ours {our_range}, virtiofsd {ref_range}"))
@@ -182,5 +194,7 @@ if __name__ == "__main__":
     from common import table
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--variants", default="", metavar="N,N",
+                   help="also run ours with each --poll-us=N, in the same alternation")
     args = p.parse_args()
-    print(table(measure(args.runs)))
+    print(table(measure(args.runs, variants=[int(n) for n in args.variants.split(",") if n])))

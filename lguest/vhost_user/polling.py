@@ -23,11 +23,18 @@
 # turn of the spin that took more than POLL_PREEMPTED_NS (someone else had our CPU, or
 # the GIL) ends the spin and halves the window. Without PSI, the instantaneous count of
 # runnable tasks in /proc/loadavg stands in.
+#
+# Measured (bench/RESULTS.md, "busy-polling"): on this 2-vCPU machine the gain is real
+# at times and gone at others -- blk QD1 1,879 -> 11,729 IOPS with a fixed 200 us
+# window in one run, 17,393 -> 8,608 in another; console lines 0.6x -> 1.5x of UML's
+# own console, then no gain -- while the CPU per request rises 1.4-2.5x. A default
+# must not cost CPU for a gain that comes and goes, so polling is off unless asked for
+# (`--poll-us N`); this module makes asking safer, not free.
 """
 
 import os
 
-DEFAULT_POLL_US = 200
+DEFAULT_POLL_US = 0                     # off: see "Measured" above
 POLL_START_NS = 4_000
 POLL_PREEMPTED_NS = 50_000
 PRESSURE_WINDOW_NS = 10_000_000
