@@ -193,6 +193,41 @@ class Row:
         return measured >= limit if op == ">=" else measured <= limit
 
 
+def cpu_times(stat="/proc/stat"):
+    """(steal, total) jiffies of all CPUs: steal is time the hypervisor gave to other
+    guests while ours wanted to run."""
+    try:
+        with open(stat) as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+
+class StealMeter:
+    """The share of CPU time stolen by the hypervisor while a section ran. On a shared
+    VM (this one) a run with much steal is slower for reasons outside both sides, and
+    more so for the side that needs more CPU: the table says how much there was."""
+
+    def __init__(self):
+        self.shares = {}
+
+    def measure(self, name, run):
+        before = cpu_times()
+        try:
+            return run()
+        finally:
+            after = cpu_times()
+            if before and after and after[1] > before[1]:
+                self.shares[name] = (after[0] - before[0]) / (after[1] - before[1])
+
+    def line(self):
+        if not self.shares:
+            return ""
+        parts = ", ".join(f"{name} {share:.0%}" for name, share in self.shares.items())
+        return f"Steal (CPU time the hypervisor gave to other guests), per section: {parts}\n"
+
+
 def fmt(value):
     if value is None:
         return "-"

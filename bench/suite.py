@@ -22,7 +22,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import HERE, ROOT, Row, say, table  # noqa: E402
+from common import HERE, ROOT, Row, StealMeter, say, table  # noqa: E402
 
 SECTIONS = ("blk", "blk-fe", "boot", "console", "net", "fs", "kvm", "sim", "memory", "lguest-host")
 MODULES = {"lguest-host": "lguest_host", "blk-fe": "blk_frontend"}      # section name -> bench module, where they differ
@@ -62,22 +62,24 @@ def main(argv=None):
         p.error(f"unknown sections {', '.join(sorted(unknown))}")
     started = time.monotonic()
     rows, rss = [], {}
+    steal = StealMeter()
     if "blk" in wanted or "memory" in wanted:
         import blk
-        blk_rows, peaks, _ = blk.measure(runs, args.quick)
+        blk_rows, peaks, _ = steal.measure("blk", lambda: blk.measure(runs, args.quick))
         if "blk" in wanted:
             rows += blk_rows
         rss["backend"] = peaks
     if "boot" in wanted or "memory" in wanted:
         import boot
-        boot_rows, rss["launcher"] = boot.measure(runs, args.quick)
+        boot_rows, rss["launcher"] = steal.measure("boot", lambda: boot.measure(runs, args.quick))
         if "boot" in wanted:
             rows += boot_rows
     for name in ("blk-fe", "console", "net", "fs", "kvm", "sim", "lguest-host"):
         if name not in wanted:
             continue
         try:
-            rows += __import__(MODULES.get(name, name)).measure(runs, args.quick)
+            module = __import__(MODULES.get(name, name))
+            rows += steal.measure(name, lambda: module.measure(runs, args.quick))
         except (Exception, SystemExit) as e:    # one broken section must not lose the rest
             say(f"{name}: section failed: {e!r}")
             rows.append(Row(name, f"section failed: {str(e)[:120]}", 0, None, "", ""))
@@ -91,8 +93,8 @@ def main(argv=None):
                         "ref: qemu-storage-daemon", higher_is_better=False))
     elapsed = time.monotonic() - started
     command = "bench/run" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
-    text = (f"{table(rows)}\n\nMachine: {machine()}\nCommand: `{command}` at commit {commit()}, "
-            f"{time.strftime('%Y-%m-%d %H:%M')}, took {elapsed:.0f} s\n")
+    text = (f"{table(rows)}\n\nMachine: {machine()}\n{steal.line()}Command: `{command}` at commit "
+            f"{commit()}, {time.strftime('%Y-%m-%d %H:%M')}, took {elapsed:.0f} s\n")
     print(text)
     if args.results:
         write_results(text)

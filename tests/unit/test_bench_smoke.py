@@ -166,3 +166,17 @@ def test_frontend_bench_reads_from_our_back_end(tmp_path):
     for key in ("qd1", "qd16"):
         iops, cpu_us = got[key]
         assert iops > 0 and cpu_us >= 0
+
+
+def test_the_steal_meter_reports_the_share_of_cpu_time_stolen(tmp_path, monkeypatch):
+    stat = tmp_path / "stat"
+    #               user nice system idle iowait irq softirq steal guest guest_nice
+    stat.write_text("cpu  100 0 50 800 10 0 0 40 0 0\ncpu0 1 2 3\n")
+    assert common.cpu_times(stat) == (40, 1000)
+    assert common.cpu_times(tmp_path / "absent") is None
+    samples = iter([(40, 1000), (290, 2000)])            # 250 of 1000 jiffies stolen
+    monkeypatch.setattr(common, "cpu_times", lambda: next(samples))
+    meter = common.StealMeter()
+    assert meter.measure("fs", lambda: "rows") == "rows"
+    assert meter.shares == {"fs": 0.25}
+    assert "fs 25%" in meter.line()
