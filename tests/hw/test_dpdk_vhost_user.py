@@ -11,6 +11,7 @@ cache) is tests/hw/dpdk_kit.py; docs/dpdk.md says what was seen. Each testpmd ru
 about a second of forwarding: its forwarding core spins at 100%.
 """
 
+import contextlib
 import os
 import re
 import shutil
@@ -53,6 +54,21 @@ def workdir():
 def need_tap():
     if os.geteuid() != 0 or not os.path.exists("/dev/net/tun"):
         pytest.skip("a tap back-end needs root and /dev/net/tun")
+
+
+@contextlib.contextmanager
+def tap_backend(workdir, queues=1):
+    """Our back-end on a fresh tap (queues pairs): yields (backend, tap name, stopped),
+    where stopped["log"] holds the back-end's log once the `with` is left."""
+    need_tap()
+    tap = tap_name()
+    spec = f"--net=tap:{tap}:{TAP_IP}/24" + (f",queues={queues}" if queues > 1 else "")
+    be = Backend(workdir, "net", [spec])
+    stopped = {}
+    try:
+        yield be, tap, stopped
+    finally:
+        stopped["log"] = be.stop()
 
 
 def tap_name():
@@ -179,11 +195,8 @@ def captured(cap, src_mac, limit):
 # path gathers each frame from several places in the front-end's memory.
 @pytest.mark.parametrize("txpkts", ["64", "1514", "1000,514", "64,64,64,64"])
 def test_testpmd_txonly_frames_reach_the_tap(kit, workdir, txpkts):
-    need_tap()
-    tap = tap_name()
     size = sum(int(n) for n in txpkts.split(","))
-    be = Backend(workdir, "net", [f"--net=tap:{tap}:{TAP_IP}/24"])
-    try:
+    with tap_backend(workdir) as (be, tap, stopped):
         # What crosses: a capture on the tap of frames coming in from the back-end.
         cap = capture(tap)
         before = tap_counters(tap)
@@ -196,8 +209,7 @@ def test_testpmd_txonly_frames_reach_the_tap(kit, workdir, txpkts):
         out = forward(pmd)
         after = tap_counters(tap)
         frames = captured(cap, PMD_MAC, 32)
-    finally:
-        log = be.stop()
+    log = stopped["log"]
     assert f"packet len={size} - nb packet segments={txpkts.count(',') + 1}" in out, out[-3000:]
     stats = dpdk_kit.port_stats(out)
     assert 0 in stats, out[-3000:]
@@ -219,13 +231,10 @@ def test_testpmd_txonly_frames_reach_the_tap(kit, workdir, txpkts):
 def test_host_frames_reach_testpmd_and_come_back_macswapped(kit, workdir):
     # host -> tap -> our rx ring -> testpmd (macswap: swaps the two MAC addresses, and
     # nothing else) -> our tx ring -> tap -> host: each frame checked byte for byte.
-    need_tap()
-    tap = tap_name()
     n, size = 64, 1000
     head = mac_bytes(PMD_MAC) + mac_bytes(HOST_MAC) + struct.pack("!H", ETH_P_TEST)
     sent = [head + bytes((i + j) & 0xFF for j in range(size - 14)) for i in range(n)]
-    be = Backend(workdir, "net", [f"--net=tap:{tap}:{TAP_IP}/24"])
-    try:
+    with tap_backend(workdir) as (be, tap, stopped):
         # Counted from before testpmd connects: it may send back a frame of the host's
         # own (an IPv6 solicitation) as soon as it starts, and once did, before a
         # count taken after `start`.
@@ -240,8 +249,7 @@ def test_host_frames_reach_testpmd_and_come_back_macswapped(kit, workdir):
         out = pmd.quit()
         after = tap_counters(tap)
         back = captured(cap, PMD_MAC, 2 * n)
-    finally:
-        log = be.stop()
+    log = stopped["log"]
     x = xstats(out)
     # Exactly our frames in the 512-1023 bin (the host's own, IPv6 router and neighbour
     # solicitations when the tap comes up, are < 128 bytes), none refused or dropped.
@@ -282,11 +290,8 @@ def test_pair_cable_between_two_testpmd_ports(kit, workdir):
 
 
 def test_two_queue_pairs_both_ways(kit, workdir):
-    need_tap()
-    tap = tap_name()
-    be = Backend(workdir, "net", [f"--net=tap:{tap}:{TAP_IP}/24,queues=2"])
     mq = ["--rxq=2", "--txq=2"]
-    try:
+    with tap_backend(workdir, queues=2) as (be, tap, stopped):
         before = tap_counters(tap)
         pmd = start_pmd(kit, workdir, [vdev(be.socket, queues=2)], "txonly", mq, "tx")
         tx_out = forward(pmd)
@@ -300,8 +305,7 @@ def test_two_queue_pairs_both_ways(kit, workdir):
         pmd.send("stop")
         pmd.send("show port xstats 0")
         rx_out = pmd.quit()
-    finally:
-        log = be.stop()
+    log = stopped["log"]
     per_queue = stream_tx(tx_out)
     assert set(per_queue) == {(0, 0), (0, 1)} and min(per_queue.values()) > 100, tx_out[-3000:]
     assert after["rx_packets"] - before["rx_packets"] == sum(per_queue.values()), \
@@ -317,17 +321,13 @@ def test_two_queue_pairs_both_ways(kit, workdir):
 # up, link up, and sent 512 frames into rings we never served.
 @pytest.mark.parametrize("queue_size", [2048, 4096])
 def test_rings_larger_than_qemus(kit, workdir, queue_size):
-    need_tap()
-    tap = tap_name()
-    be = Backend(workdir, "net", [f"--net=tap:{tap}:{TAP_IP}/24"])
-    try:
+    with tap_backend(workdir) as (be, tap, stopped):
         before = tap_counters(tap)
         pmd = start_pmd(kit, workdir, [vdev(be.socket, queue_size=queue_size)], "txonly",
                         ["--total-num-mbufs=16384"])    # a full rx ring, and some to send
         out = forward(pmd)
         after = tap_counters(tap)
-    finally:
-        log = be.stop()
+    log = stopped["log"]
     sent = dpdk_kit.port_stats(out)[0]
     assert sent["tx_packets"] > 1000, out[-3000:]
     assert after["rx_packets"] - before["rx_packets"] == sent["tx_packets"], (before, after, sent)
@@ -338,10 +338,7 @@ def test_two_pairs_offered_one_used(kit, workdir):
     # queues=2 with --rxq=1: DPDK sets up all four rings but enables only pair 0
     # (SET_VRING_ENABLE 1 for rings 0 and 1, never for 2 and 3). Our second tap queue
     # must then be detached, or the flows the tap hashes to it would wait there.
-    need_tap()
-    tap = tap_name()
-    be = Backend(workdir, "net", [f"--net=tap:{tap}:{TAP_IP}/24,queues=2"])
-    try:
+    with tap_backend(workdir, queues=2) as (be, tap, stopped):
         pmd = start_pmd(kit, workdir, [vdev(be.socket, queues=2)], "rxonly",
                         ["--rxq=1", "--txq=1"])
         pmd.send("start")
@@ -350,8 +347,7 @@ def test_two_pairs_offered_one_used(kit, workdir):
         pmd.send("stop")
         pmd.send("show port xstats 0")
         out = pmd.quit()
-    finally:
-        log = be.stop()
+    log = stopped["log"]
     x = xstats(out)
     assert x["rx_q0_size_128_255_packets"] == 64 and "rx_q1_good_packets" not in x, x
     clean_log(log)
@@ -360,10 +356,7 @@ def test_two_pairs_offered_one_used(kit, workdir):
 def test_a_killed_testpmd_and_the_next_one(kit, workdir):
     # testpmd SIGKILLed while it sends as fast as it can: its rings are mid-flight. The
     # next testpmd on the same back-end starts afresh and every frame it sends arrives.
-    need_tap()
-    tap = tap_name()
-    be = Backend(workdir, "net", [f"--net=tap:{tap}:{TAP_IP}/24"])
-    try:
+    with tap_backend(workdir) as (be, tap, stopped):
         first = start_pmd(kit, workdir, [vdev(be.socket)], "txonly", name="first")
         first.send("start")
         time.sleep(0.5)
@@ -378,8 +371,7 @@ def test_a_killed_testpmd_and_the_next_one(kit, workdir):
         second = start_pmd(kit, workdir, [vdev(be.socket)], "txonly", name="second")
         out = forward(second)
         after = tap_counters(tap)
-    finally:
-        log = be.stop()
+    log = stopped["log"]
     sent = dpdk_kit.port_stats(out)[0]
     assert sent["tx_packets"] > 1000, out[-3000:]
     assert after["rx_packets"] - before["rx_packets"] == sent["tx_packets"], (before, after, sent)
