@@ -289,6 +289,24 @@ def test_pair_cable_between_two_testpmd_ports(kit, workdir):
     clean_log(log)
 
 
+def every_sent_frame_reached_the_tap(out, before, after):
+    """testpmd (port 0) sent many frames, and the tap's counters grew by exactly that many."""
+    sent = dpdk_kit.port_stats(out)[0]
+    assert sent["tx_packets"] > 1000, out[-3000:]
+    assert after["rx_packets"] - before["rx_packets"] == sent["tx_packets"], (before, after, sent)
+
+
+def receive_host_flows(pmd, tap, flows=64):
+    """Send `flows` UDP flows (one frame each, 200 bytes, source ports 40000...) from
+    the host into the tap while testpmd receives; testpmd's xstats after."""
+    pmd.send("start")
+    inject(tap, [udp_frame(PMD_MAC, 40000 + i, 200) for i in range(flows)])
+    time.sleep(FORWARD_S)
+    pmd.send("stop")
+    pmd.send("show port xstats 0")
+    return pmd.quit()
+
+
 def test_two_queue_pairs_both_ways(kit, workdir):
     mq = ["--rxq=2", "--txq=2"]
     with tap_backend(workdir, queues=2) as (be, tap, stopped):
@@ -299,12 +317,7 @@ def test_two_queue_pairs_both_ways(kit, workdir):
         # The host's way: 64 UDP flows (source ports), which the multi-queue tap
         # spreads over its two queues by flow hash; each queue is one of our pairs.
         pmd = start_pmd(kit, workdir, [vdev(be.socket, queues=2)], "rxonly", mq, "rx")
-        pmd.send("start")
-        inject(tap, [udp_frame(PMD_MAC, 40000 + i, 200) for i in range(64)])
-        time.sleep(FORWARD_S)
-        pmd.send("stop")
-        pmd.send("show port xstats 0")
-        rx_out = pmd.quit()
+        rx_out = receive_host_flows(pmd, tap)
     log = stopped["log"]
     per_queue = stream_tx(tx_out)
     assert set(per_queue) == {(0, 0), (0, 1)} and min(per_queue.values()) > 100, tx_out[-3000:]
@@ -328,9 +341,7 @@ def test_rings_larger_than_qemus(kit, workdir, queue_size):
         out = forward(pmd)
         after = tap_counters(tap)
     log = stopped["log"]
-    sent = dpdk_kit.port_stats(out)[0]
-    assert sent["tx_packets"] > 1000, out[-3000:]
-    assert after["rx_packets"] - before["rx_packets"] == sent["tx_packets"], (before, after, sent)
+    every_sent_frame_reached_the_tap(out, before, after)
     clean_log(log)
 
 
@@ -341,12 +352,7 @@ def test_two_pairs_offered_one_used(kit, workdir):
     with tap_backend(workdir, queues=2) as (be, tap, stopped):
         pmd = start_pmd(kit, workdir, [vdev(be.socket, queues=2)], "rxonly",
                         ["--rxq=1", "--txq=1"])
-        pmd.send("start")
-        inject(tap, [udp_frame(PMD_MAC, 40000 + i, 200) for i in range(64)])
-        time.sleep(FORWARD_S)
-        pmd.send("stop")
-        pmd.send("show port xstats 0")
-        out = pmd.quit()
+        out = receive_host_flows(pmd, tap)
     log = stopped["log"]
     x = xstats(out)
     assert x["rx_q0_size_128_255_packets"] == 64 and "rx_q1_good_packets" not in x, x
@@ -372,7 +378,5 @@ def test_a_killed_testpmd_and_the_next_one(kit, workdir):
         out = forward(second)
         after = tap_counters(tap)
     log = stopped["log"]
-    sent = dpdk_kit.port_stats(out)[0]
-    assert sent["tx_packets"] > 1000, out[-3000:]
-    assert after["rx_packets"] - before["rx_packets"] == sent["tx_packets"], (before, after, sent)
+    every_sent_frame_reached_the_tap(out, before, after)
     assert clean_log(log).count("front-end connected") == 2
