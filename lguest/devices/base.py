@@ -209,6 +209,21 @@ def iov_skip(views, n):
     return rest
 
 
+def iov_write(views, data, offset=0):
+    """Copy data into the buffers from byte `offset` on (a header field, a reply, a
+    frame); return the bytes that fitted."""
+    if offset:
+        views = iov_skip(views, offset)
+    done = 0
+    for v in views:
+        if done >= len(data):
+            break
+        take = min(v.nbytes, len(data) - done)
+        v[:take] = data[done:done + take]
+        done += take
+    return done
+
+
 def iov_take(views, n):
     """Copy the first n bytes out of the buffers (a header), and return
     (header_bytes, remaining_buffers). The header may be shorter than n: callers check."""

@@ -22,7 +22,7 @@ import struct
 
 from ..virtio import F_RING_INDIRECT_DESC, ID_FS, bit
 from . import fuse_wire as W
-from .base import VirtioDevice, iov_length, iov_skip, iov_take
+from .base import VirtioDevice, iov_length, iov_skip, iov_take, iov_write
 
 log = logging.getLogger("lguest.fs")
 
@@ -465,21 +465,9 @@ def trim(views, n):
     return out
 
 
-def write_into(views, data):
-    """Copy data into the buffers from the start; return the bytes copied."""
-    done = 0
-    for v in views:
-        if done >= len(data):
-            break
-        chunk = data[done:done + v.nbytes]
-        v[:len(chunk)] = chunk
-        done += len(chunk)
-    return done
-
-
 def write_header(writable, unique, error, payload_length):
     total = W.OUT_HEADER.size + payload_length
-    write_into(writable, W.OUT_HEADER.pack(total, error, unique))
+    iov_write(writable, W.OUT_HEADER.pack(total, error, unique))
     return total
 
 
@@ -493,6 +481,6 @@ def write_reply(writable, unique, error, payload):
         if payload:
             writable[1][:len(payload)] = payload
         return total
-    write_into(iov_skip(writable, W.OUT_HEADER.size), payload)
-    write_into(writable, header)
+    iov_write(writable, payload, W.OUT_HEADER.size)
+    iov_write(writable, header)
     return total

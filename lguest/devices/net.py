@@ -19,7 +19,7 @@ from collections import deque
 from ..config import NET_MAX_QUEUE_PAIRS, parse_mac
 from ..errors import GuestError
 from ..virtio import F_RING_INDIRECT_DESC, ID_NET, VNET_HDR_SIZE, bit
-from .base import VirtioDevice, give_back, iov_skip
+from .base import VirtioDevice, give_back, iov_write
 
 log = logging.getLogger("lguest.net")
 
@@ -383,7 +383,7 @@ class NetDevice(VirtioDevice):
             self.stats["rx_waits"] += 1
             return None
         self._held[pair] = None
-        _scatter(views, frame)
+        iov_write(views, frame)
         return len(frame)
 
     def read_frame(self, views, tap):
@@ -410,24 +410,6 @@ def _gather(views, limit):
     return bytes(data)
 
 
-def _scatter(views, data):
-    """Copy data into the buffers, in order (the caller made sure it fits)."""
-    done = 0
-    for v in views:
-        if done == len(data):
-            break
-        take = min(v.nbytes, len(data) - done)
-        v[:take] = data[done:done + take]
-        done += take
-
-
 def set_num_buffers(views, count):
     """Write the header's num_buffers field, which may straddle two buffers."""
-    data = struct.pack("<H", count)
-    done = 0
-    for v in iov_skip(views, NUM_BUFFERS_OFFSET):
-        take = min(len(data) - done, v.nbytes)
-        v[:take] = data[done:done + take]
-        done += take
-        if done == len(data):
-            break
+    iov_write(views, struct.pack("<H", count), NUM_BUFFERS_OFFSET)

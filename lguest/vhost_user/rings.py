@@ -171,6 +171,9 @@ class KickWatcher:
     def _wait(self, poller):
         """The next events on the kick or stop fd: busy-polled for the ring's window
         (L:734), then asleep."""
+        if not self.poll.max_ns:                  # polling off: no clock on the way
+            self.sleeps += 1
+            return dict(poller.poll())
         start = last = time.monotonic_ns()
         window = self.poll.usable_window(start)
         while window:
@@ -188,8 +191,7 @@ class KickWatcher:
             last = now
         self.sleeps += 1
         events = dict(poller.poll())
-        if self.poll.max_ns:
-            self.poll.waited(time.monotonic_ns() - start)
+        self.poll.waited(time.monotonic_ns() - start)
         return events
 
     def _serve_once(self):
