@@ -17,16 +17,17 @@
 # files are readable through a second group would be refused in the guest what the host
 # allows. So when the user has groups beyond their gid, nsenter stays root and execs the
 # host's own util-linux setpriv (it is in the guest's root: the host's), which drops to
-# the ids with those groups; one more exec, for those users only. `--root=initramfs` keeps the busybox guest as it was; its --share
-# directories are mounted at their guest paths.
+# the ids with those groups; one more exec, for those users only. `--root=initramfs`
+# keeps the busybox guest as it was; its --share directories are mounted at their guest
+# paths.
 """
 
 import os
 import shlex
-import sys
 from dataclasses import dataclass, field
 
 from ..errors import LauncherError
+from .kit import say
 
 ROOTS = ("host", "initramfs")
 # Where the host's root is mounted in the guest, below the initramfs's own root.
@@ -212,8 +213,8 @@ def supplementary_groups(gid, groups, setpriv=SETPRIV):
     groups = tuple(dict.fromkeys(int(g) for g in groups))
     if not set(groups) - {gid} or os.access(setpriv, os.X_OK):
         return groups
-    print(f"lguest: no {setpriv} on this host: the command runs without the supplementary "
-          f"groups {','.join(str(g) for g in groups if g != gid)}", file=sys.stderr)
+    say(f"no {setpriv} on this host: the command runs without the supplementary groups "
+        f"{','.join(str(g) for g in groups if g != gid)}")
     return ()
 
 
