@@ -342,7 +342,7 @@ class VhostUserTransport:
         # the swap happens under the lock every signal takes -- not by stopping the
         # rings: QEMU sends SET_VRING_CALL at each MSI-X mask and unmask, and a device
         # reset each time would throw away in-flight work. (Nor do we make the fd
-        # non-blocking: it is shared with the front-end; signal_fd polls instead.)
+        # non-blocking: it is shared with the front-end; see the Signaller, L:735.)
         with vring.signal_lock:
             vring.replace_fd(attribute, fd)
 
@@ -471,7 +471,7 @@ class VhostUserTransport:
             self.recorder.call(queue_index)
         vring = self.vrings[queue_index]
         with vring.signal_lock:
-            signal_fd(vring.call_fd)
+            vring.call()
 
     def _refused_unheard(self, error):
         """No reply asked (QEMU asks none for ring set-up): fire the ring's err fd."""

@@ -12,13 +12,15 @@
 #
 # The reverse direction is the call fd (SET_VRING_CALL): writing a u64 1 to it is the
 # interrupt. virtio_uml hands us the write end of a pipe rather than an eventfd, so
-# the write is non-blocking and a full pipe (an interrupt already pending) is fine.
+# the write is non-blocking and a full pipe (an interrupt already pending) is fine
+# (Signaller, L:735, says how without a syscall more than the write).
 """
 
 import logging
 import os
 import platform
 import select
+import stat
 import struct
 import threading
 import time
@@ -66,6 +68,7 @@ class Vring:
         self.enabled = False      # SET_VRING_ENABLE (or on by default, see L:722)
         self.broken = False       # the guest broke a rule on it: not served until re-set-up
         self.queue = None         # the Virtqueue while served
+        self.call = Signaller(None)   # call(): the interrupt, through call_fd (L:735)
         # Held while signalling call_fd/err_fd and while replacing them (L:730).
         self.signal_lock = threading.Lock()
 
@@ -76,6 +79,9 @@ class Vring:
     def replace_fd(self, attribute, fd):
         old = getattr(self, attribute)
         setattr(self, attribute, fd)
+        if attribute == "call_fd":
+            self.call.close()
+            self.call = Signaller(fd)
         if old is not None:
             os.close(old)
 
@@ -108,6 +114,64 @@ def signal_fd(fd):
         log.warning("vhost-user: cannot signal fd %d: %s", fd, e)
 
 
+#L:735 An interrupt is on the path of every request: the guest waits for it. signal_fd
+# costs a poll() before its write, so the call fd gets a Signaller made once per
+# SET_VRING_CALL that knows which write cannot block. A front-end's fd that is already
+# non-blocking (QEMU's and DPDK's eventfds) is written as it is: a full counter gives
+# EAGAIN, not a wait. A pipe (virtio_uml's) is opened again through /proc/self/fd: that
+# is a second open file of the same pipe, ours alone, so we may make it non-blocking
+# without changing the front-end's. Anything else -- a blocking eventfd, which cannot
+# be reopened, or a socket, a tty -- keeps signal_fd's poll-then-write, on a poll
+# object registered once.
+class Signaller:
+    """call(): write a u64 1 to a front-end's fd; never block, never raise."""
+
+    def __init__(self, fd):
+        self.fd = fd
+        self._own_fd = None           # our non-blocking reopening of a pipe
+        self._poller = None           # for an fd we can only poll before writing
+        if fd is None:
+            self.write_fd = None
+            return
+        self.write_fd = fd
+        try:
+            blocking = os.get_blocking(fd)
+            if blocking and stat_is_fifo(fd):
+                self._own_fd = os.open(f"/proc/self/fd/{fd}",
+                                       os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+                self.write_fd, blocking = self._own_fd, False
+        except OSError:
+            blocking = True           # no reader left, or no /proc: poll first
+        if blocking:
+            self._poller = select.poll()
+            self._poller.register(fd, select.POLLOUT)
+
+    def __call__(self):
+        fd = self.write_fd
+        if fd is None:
+            return
+        try:
+            if self._poller is not None:
+                ready = self._poller.poll(0)
+                if not ready or not ready[0][1] & select.POLLOUT:
+                    return
+            os.write(fd, ONE)
+        except BlockingIOError:
+            pass                      # an interrupt is already pending
+        except OSError as e:
+            log.warning("vhost-user: cannot signal fd %d: %s", self.fd, e)
+
+    def close(self):
+        if self._own_fd is not None:
+            os.close(self._own_fd)
+            self._own_fd = None
+        self.write_fd = None
+
+
+def stat_is_fifo(fd):
+    return stat.S_ISFIFO(os.fstat(fd).st_mode)
+
+
 class KickWatcher:
     """A thread serving one ring each time its kick fd fires, until stop().
     poll_us: how long to busy-poll the kick fd before sleeping on it (L:734)."""
@@ -121,6 +185,7 @@ class KickWatcher:
         self._serve = serve            # serve(queue_index): the runner's kick
         self._on_error = on_error      # on_error(vring, exception)
         self._stop_r, self._stop_w = os.pipe()
+        self._stop_asked = False       # read between serves; the pipe wakes a poll()
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name=f"vhost-user-vq{vring.index}")
 
@@ -128,6 +193,7 @@ class KickWatcher:
         self._thread.start()
 
     def stop(self):
+        self._stop_asked = True
         os.write(self._stop_w, b"x")
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join()
@@ -198,7 +264,7 @@ class KickWatcher:
         """Serve the ring, and again while a round was spent (L:221) and no stop came;
         False once the ring is broken."""
         try:
-            while self._serve(self.vring.index) and not self._stopping():
+            while self._serve(self.vring.index) and not self._stop_asked:
                 pass
             return not self.vring.broken      # a runner thread may have reported it
         except GuestError as e:
@@ -206,11 +272,6 @@ class KickWatcher:
         except Exception as e:        # a host error (disk gone, tap down): same treatment
             self._on_error(self.vring, e)
         return False
-
-    def _stopping(self):
-        poller = select.poll()
-        poller.register(self._stop_r, select.POLLIN)
-        return bool(poller.poll(0))
 
 
 #L:732 For devices fed only by the guest (block, rng, console output) the kick
