@@ -146,7 +146,10 @@ class InlineRunner(DeviceRunner):
 # or an old avail_event); before we sleep we ask for kicks again and look once more,
 # because a chain added just before the guest saw our change would get no kick. The
 # interrupt goes out when the device used something and the queue says the guest
-# wants to hear of it (L:260).
+# wants to hear of it (L:260) -- at once, before that second look, as the seed's
+# add_used_and_trigger() does: at queue depth 1 the guest is waiting for it, and the
+# look finds nothing (with EVENT_IDX, should_interrupt() keeps a second one from
+# going out unless the guest asked for it).
 #
 # However busy the ring, one call does a bounded amount of work: ROUNDS rounds of at
 # most a ring's worth of chains each (L:221). A guest that keeps the ring full (or
@@ -164,11 +167,13 @@ def serve_until_idle(device, queue_index, interrupt):
         queue.set_notifications(False)
         queue.new_round()
         used = device.process(queue_index)
+        if used and queue.should_interrupt():
+            interrupt(queue_index)
         queue.set_notifications(True)
         queue.new_round()
         used_more = device.process(queue_index)
         progress = progress or used or used_more
-        if (used or used_more) and queue.should_interrupt():
+        if used_more and queue.should_interrupt():
             interrupt(queue_index)
         if not used_more:
             break

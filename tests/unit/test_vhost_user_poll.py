@@ -43,10 +43,12 @@ def test_kicks_within_the_poll_window_are_caught_without_sleeping(disk, poll_us,
         if poll_us:
             # The window starts at zero and doubles from 4 us while kicks come within
             # the maximum, so after the first few requests they are caught spinning.
-            assert watcher.polls >= 25, (watcher.polls, watcher.sleeps)
-            assert watcher.poll.window_ns > 0
+            # (Some need no wait at all: the interrupt goes out before the ring's last
+            # look, L:315, and the next kick can come in before that look.)
+            assert watcher.sleeps <= 15, (watcher.polls, watcher.sleeps)
+            assert watcher.polls >= 1 and watcher.poll.window_ns > 0
         else:
-            assert watcher.polls == 0 and watcher.sleeps >= 40
+            assert watcher.polls == 0 and watcher.sleeps >= 20, watcher.sleeps
 
 
 def test_an_idle_ring_stops_polling_and_sleeps(disk):

@@ -184,3 +184,28 @@ def test_serve_until_idle_leaves_kicks_armed_when_its_last_round_found_more():
             old = mem.read_u16(AVAIL + 2)
             assert vring_need_event(avail_event, old + 1, old), \
                 f"the driver's next chain would not kick (avail_event {avail_event}, taken {old})"
+
+
+def test_the_interrupt_goes_out_before_the_last_look():
+    """At queue depth 1 the guest waits for the interrupt: it is sent as soon as the
+    first pass used the chain, as the seed's add_used_and_trigger() does, and not
+    after the second look (L:315) -- which, for a fast front-end, could already find
+    its next request. Each pass's interrupt is checked on its own."""
+    with GuestMemory(64 << 10) as mem:
+        size = 8
+        for i in range(size):
+            desc(mem, i, 0x8000, 1, VRING_DESC_F_WRITE)
+        mem.write_u16(AVAIL + 4, 0)
+        mem.write_u16(AVAIL + 2, 1)
+        events = []
+        vq = EagerDriverQueue(mem, size, DESC, AVAIL, 0x3000, device="rng", name="input",
+                              publish=1)
+        device = RngDevice(CountingSource())
+        device.activate([vq], 0)
+        process = device.process
+        device.process = lambda qi: events.append("process") or process(qi)
+        serve_until_idle(device, 0, lambda qi: events.append(("interrupt", vq.used_idx)))
+        # First pass: chain 0, its interrupt; the kicks-on look finds the chain the
+        # driver added meanwhile, and that one gets its own interrupt, then idle.
+        assert events[:4] == ["process", ("interrupt", 1), "process", ("interrupt", 2)]
+        assert vq.last_avail_idx == 2
