@@ -109,16 +109,20 @@ class BlockDevice(VirtioDevice):
 
     def serve(self, chain):
         """Carry out one request; return the number of bytes written into the chain."""
-        header, data_out = iov_take(chain.readable, OUTHDR.size)
-        if len(header) < OUTHDR.size:
-            raise GuestError("iovec too short!", detail=f"block header of {len(header)} bytes")
+        readable = chain.readable
+        if readable and readable[0].nbytes == OUTHDR.size:
+            header, data_out = readable[0], readable[1:]    # Linux's: a buffer of its own
+        else:
+            header, data_out = iov_take(readable, OUTHDR.size)
+            if len(header) < OUTHDR.size:
+                raise GuestError("iovec too short!", detail=f"block header of {len(header)} bytes")
         #L:342 The status byte is the last byte of the last writable buffer that has
         # any room, exactly as the seed finds it; the rest of the writable buffers are
         # the data of a read. No room at all is the guest's fault.
         status, data_in = split_status(chain.writable)
         if status is None:
             raise GuestError("Bad virtblk cmd with no room for status")
-        kind, _, sector = OUTHDR.unpack(header)
+        kind, _, sector = OUTHDR.unpack_from(header)
         offset = sector * SECTOR_SIZE
         if kind == T_IN:
             code, n = self.read(offset, data_in)
@@ -204,6 +208,8 @@ class BlockDevice(VirtioDevice):
 
 def split_status(writable):
     """(one-byte view for the status, the writable buffers before it) or (None, [])."""
+    if writable and writable[-1].nbytes == 1:         # Linux's: a buffer of its own
+        return writable[-1], writable[:-1]
     for i in range(len(writable) - 1, -1, -1):
         v = writable[i]
         if v.nbytes > 0:

@@ -17,7 +17,7 @@ import errno
 import itertools
 import os
 
-from ..devices.base import iov_skip
+from ..devices.base import iov_length, iov_skip
 from ..errors import LauncherError
 
 IOV_MAX = 1024          # os.preadv refuses more buffers than this in one call
@@ -57,8 +57,19 @@ class FileStore:
 
     def _transfer(self, call, offset, views):
         """preadv/pwritev until every buffer is done: both may stop short."""
-        views = iov_skip(views, 0)          # drops empty buffers
         total = 0
+        if len(views) <= IOV_MAX:
+            # Nearly always one call does it all; only a short one needs the loop.
+            want = iov_length(views)
+            total = call(self.fd, views, offset) if want else 0
+            if total == want:
+                return total
+            if total <= 0:
+                raise OSError(errno.EIO, f"{self.path}: unexpected end of file at {offset}")
+            offset += total
+            views = iov_skip(views, total)
+        else:
+            views = iov_skip(views, 0)      # drops empty buffers
         while views:
             n = call(self.fd, views[:IOV_MAX], offset)
             if n <= 0:

@@ -32,6 +32,27 @@ def test_store_reads_and_writes_in_place_over_many_buffers(tmp_path):
     assert os.path.getsize(path) == 8192
 
 
+def test_a_short_transfer_is_carried_on_from_where_it_stopped(tmp_path):
+    # preadv may stop short (a signal, a file system's own limit): the first call is
+    # all a request needs nearly always, the rest must still follow, in place.
+    path = tmp_path / "img"
+    data = os.urandom(8192)
+    path.write_bytes(data)
+    store = FileStore(str(path))
+    offsets = []
+
+    def at_most_300_bytes(fd, views, offset):
+        offsets.append(offset)
+        first = next(v for v in views if v.nbytes)
+        return os.preadv(fd, [first[:300]], offset)
+
+    views = [memoryview(bytearray(n)) for n in (1000, 0, 24, 1024)]
+    assert store._transfer(at_most_300_bytes, 512, views) == 2048
+    assert b"".join(bytes(v) for v in views) == data[512:2560]
+    assert offsets[:2] == [512, 812] and len(offsets) == 9
+    store.close()
+
+
 def test_store_short_file_is_an_io_error(tmp_path):
     path = tmp_path / "img"
     path.write_bytes(bytes(4096))
