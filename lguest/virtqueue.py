@@ -301,23 +301,18 @@ class Virtqueue:
             total += length
             if total > MAX_CHAIN_BYTES:
                 raise self._error(RULE_CHAIN_LENGTH, f"{total} bytes from head {head}")
+            if not flags & VRING_DESC_F_WRITE and writable:
+                # "they're all supposed to come before any input descriptors"
+                raise self._error(RULE_OUT_AFTER_IN, f"descriptor {i}")
+            into = writable if flags & VRING_DESC_F_WRITE else readable
             try:
                 buf, off = locate(addr, length)
-                views = (buf[off:off + length],)
+                into.append(buf[off:off + length])
             except GuestError:
                 #L:231 A buffer may run from one memory region into the next, adjacent
                 # one (QEMU splits RAM at 3.5 GiB, rust-vmm at its slots): then it is
                 # one view per region. Memory that is not contiguous still fails.
-                views = self.memory.views(addr, length)
-            if flags & VRING_DESC_F_WRITE:
-                writable.extend(views)
-            else:
-                # "they're all supposed to come before any input descriptors"
-                if writable:
-                    for view in views:
-                        view.release()
-                    raise self._error(RULE_OUT_AFTER_IN, f"descriptor {i}")
-                readable.extend(views)
+                into.extend(self.memory.views(addr, length))
             seen += 1
             if seen > count:
                 raise self._error(RULE_LOOP, f"more than {count} descriptors from head {head}")
