@@ -76,13 +76,14 @@ def make_tree(top):
 
 class Ours:
     name = "lguest"
+    tag = TAG
     options = ()
 
     def __init__(self, top, workdir):
         self.sock = os.path.join(workdir, "ours.sock")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "lguest", "vhost-user", "--socket", self.sock,
-             "--fs", top, "--tag", TAG, *self.options], cwd=ROOT, stdin=subprocess.DEVNULL)
+             "--fs", top, "--tag", self.tag, *self.options], cwd=ROOT, stdin=subprocess.DEVNULL)
         wait_for(self.sock, self.proc)
 
     @classmethod
@@ -98,6 +99,7 @@ class Ours:
 
 class Virtiofsd:
     name = "virtiofsd"
+    tag = TAG
 
     def __init__(self, top, workdir):
         back = os.path.join(workdir, "vfsd.sock")
@@ -106,7 +108,7 @@ class Virtiofsd:
             [VIRTIOFSD, f"--socket-path={back}", "-o", f"source={top}", "-o", "cache=auto",
              "-o", "log_level=err"], stdin=subprocess.DEVNULL)
         wait_for(back, self.proc)
-        self.relay = ConfigRelay(self.sock, back, TAG)
+        self.relay = ConfigRelay(self.sock, back, self.tag)
 
     def close(self):
         self.relay.close()

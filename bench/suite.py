@@ -3,9 +3,11 @@
     bench/run [--quick] [--runs N] [--only blk,boot,...] [--results]
 
 Sections (each a module in bench/): blk (vhost-user-blk vs qemu-storage-daemon),
+blk-pairs (the same two as two disks of one guest, random reads in alternating slices),
 blk-fe (the same two driven by our Python front-end, no guest, 2 queues really used),
 boot (`lguest run -- true` vs plain UML), console (virtio console vs UML's own),
 net (vhost-user net over a tap vs UML's tuntap), fs (our virtio-fs vs virtiofsd),
+fs-pairs (the same two mounted in one guest, each phase on both in turns),
 kvm (Python exit round trips vs a C loop; ioeventfd kicks), sim (fake backend driver
 operations), memory (RSS beyond guest RAM; measured during blk and boot), lguest-host
 (our launcher vs the seed's C launcher on a real lguest host under QEMU; runs when the
@@ -24,8 +26,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import HERE, ROOT, Row, StealMeter, say, table  # noqa: E402
 
-SECTIONS = ("blk", "blk-fe", "boot", "console", "net", "fs", "kvm", "sim", "memory", "lguest-host")
-MODULES = {"lguest-host": "lguest_host", "blk-fe": "blk_frontend"}      # section name -> bench module, where they differ
+SECTIONS = ("blk", "blk-pairs", "blk-fe", "boot", "console", "net", "fs", "fs-pairs", "kvm", "sim",
+            "memory", "lguest-host")
+MODULES = {"lguest-host": "lguest_host", "blk-fe": "blk_frontend", "blk-pairs": "blk_pairs",
+           "fs-pairs": "fs_pairs"}      # section name -> bench module, where they differ
 
 
 def machine():
@@ -74,7 +78,8 @@ def main(argv=None):
         boot_rows, rss["launcher"] = steal.measure("boot", lambda: boot.measure(runs, args.quick))
         if "boot" in wanted:
             rows += boot_rows
-    for name in ("blk-fe", "console", "net", "fs", "kvm", "sim", "lguest-host"):
+    for name in ("blk-pairs", "blk-fe", "console", "net", "fs", "fs-pairs", "kvm", "sim",
+                 "lguest-host"):
         if name not in wanted:
             continue
         try:
