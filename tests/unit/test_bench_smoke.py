@@ -17,9 +17,12 @@ import sim  # noqa: E402
 
 
 def test_every_section_module_imports():
-    import blk, blk_frontend, boot, console, fs, fs_relay, kvm, net, suite, lguest_host, lguest_traps, seed_launcher  # noqa: F401
-    assert set(suite.SECTIONS) >= {"blk", "blk-fe", "boot", "console", "net", "fs", "kvm", "sim", "memory",
-                                   "lguest-host"}
+    import blk, blk_frontend, blk_pairs, boot, console, fs, fs_pairs, fs_relay, kvm, net, suite, lguest_host, lguest_traps, seed_launcher  # noqa: F401
+    assert set(suite.SECTIONS) >= {"blk", "blk-pairs", "blk-fe", "boot", "console", "net", "fs",
+                                   "fs-pairs", "kvm", "sim", "memory", "lguest-host"}
+    for name in suite.SECTIONS:
+        if name != "memory":
+            assert hasattr(__import__(suite.MODULES.get(name, name)), "measure"), name
 
 
 def test_simulation_measures_positive_rates():
@@ -180,3 +183,35 @@ def test_the_steal_meter_reports_the_share_of_cpu_time_stolen(tmp_path, monkeypa
     assert meter.measure("fs", lambda: "rows") == "rows"
     assert meter.shares == {"fs": 0.25}
     assert "fs 25%" in meter.line()
+
+
+def test_blk_pairs_reads_the_guests_slices_and_knows_whose_disk_is_which(monkeypatch):
+    import blk_pairs
+    cpu = {111: 0.0, 222: 0.0}
+    monkeypatch.setattr(blk_pairs, "tree_cpu_seconds", lambda pid: cpu[pid])
+    # vda (A) is the larger disk: ours (pid 111); vdb is qsd's (pid 222).
+    slices = blk_pairs.Slices(lambda sizes: {"A": 111 if sizes[0] > sizes[1] else 222,
+                                             "B": 222 if sizes[0] > sizes[1] else 111})
+    slices.feed(b"sizes 266240 262144\ns A 1\n")
+    cpu[111] = 0.5                          # ours' CPU moved during its slice
+    slices.feed(b"e A 1 1000 1000000000\ns B 1\ne B")
+    cpu[222] = 0.25
+    slices.feed(b" 1 2000 1000000000\n")
+    assert slices.done == [("A", 1, 1000, 10**9, 0.5), ("B", 1, 2000, 10**9, 0.25)]
+    results = [("ours", 1, 1000, 10**9, 0.5), ("qsd", 1, 2000, 10**9, 0.25),
+               ("ours", 16, 4000, 10**9, 0.1), ("qsd", 16, 2000, 10**9, 0.1)]
+    qd1, cpu1, qd16, _ = blk_pairs.rows_of(results, 1, 1, 1.0)
+    assert (qd1.ours, qd1.reference, round(qd1.ratio, 2), qd1.holds()) == (1000, 2000, 0.5, False)
+    assert round(cpu1.ours) == 500 and round(cpu1.reference) == 125    # us per request
+    assert qd16.holds() is True and "median 2.00x" in qd16.note
+
+
+def test_fs_pairs_rows_are_rates_with_per_round_ratios():
+    import fs_pairs
+    times = {"ours": {p: [2.0, 4.0] for p in ("find", "stat", "git", "read", "write")},
+             "ref": {p: [1.0, 1.0] for p in ("find", "stat", "git", "read", "write")}}
+    rows = fs_pairs.rows(times, 2)
+    find = rows[0]
+    assert find.ours == 5050 / 3.0 and find.reference == 5050 / 1.0
+    assert "median 0.38x" in find.note and "0.25-0.50x" in find.note
+    assert find.holds() is False and len(rows) == 5
