@@ -130,6 +130,7 @@ class Signaller:
         self.fd = fd
         self._own_fd = None           # our non-blocking reopening of a pipe
         self._poller = None           # for an fd we can only poll before writing
+        self._warned = False          # a failing fd is said once, not per interrupt
         if fd is None:
             self.write_fd = None
             return
@@ -158,8 +159,10 @@ class Signaller:
             os.write(fd, ONE)
         except BlockingIOError:
             pass                      # an interrupt is already pending
-        except OSError as e:
-            log.warning("vhost-user: cannot signal fd %d: %s", self.fd, e)
+        except OSError as e:          # e.g. EPIPE: the front-end closed its end
+            if not self._warned:
+                self._warned = True
+                log.warning("vhost-user: cannot signal fd %d: %s", self.fd, e)
 
     def close(self):
         if self._own_fd is not None:
