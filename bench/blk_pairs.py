@@ -8,7 +8,7 @@ can differ 5x for either side, and a QD1 ratio from them says more about the min
 about the back-ends. Here one guest has two virtio disks, one served by ours (`python -m
 lguest vhost-user --block`) and one by qemu-storage-daemon, each its own host process
 with 2 queues offered, on two copies of one image warm in the host's page cache.
-bench/blkpairs.c reads 4 KiB at random offsets from one disk at a time, in slices of a
+`blkbench pairs` (bench/blkbench.c) reads 4 KiB at random offsets from one disk at a time, in slices of a
 second, A B B A ..., at QD1 and then at QD16: each pair of slices is a second or two of
 the same machine, guest and kernel. Which back-end is vda alternates per boot (the disks
 differ in size by 1 MiB so the guest's report says which is which). The IOPS are the
@@ -85,7 +85,7 @@ def one_boot(kit, images, ours_first, pairs, slice_s, timeout, poll_us=None):
 
             slices = Slices(pids_by_dev)
             command = ("echo sizes $(cat /sys/block/vda/size) $(cat /sys/block/vdb/size); "
-                       f"/bin/blkpairs /dev/vda /dev/vdb {slice_s} {pairs} {QD}")
+                       f"/bin/blkbench pairs /dev/vda /dev/vdb {slice_s} {pairs} {QD}")
             outcome = process.boot(kit, command, workdir, timeout=timeout,
                                    on_stdout=slices.feed, wait=["vda", "vdb"],
                                    devices=[(socks[s], virtio.ID_BLOCK) for s in order])
@@ -105,7 +105,7 @@ def measure(pairs=8, quick=False, boots=2, slice_s=1.0, timeout=300, poll_us=Non
     """Rows for the table (bench/run calls it with its --runs as `pairs`)."""
     if quick:
         boots, pairs, slice_s = 1, 4, 0.5
-    kit = bench_kit({"bin/blkpairs": compile_c("blkpairs.c", static=True)})
+    kit = bench_kit({"bin/blkbench": compile_c("blkbench.c", static=True)})
     results = []
     with tempfile.TemporaryDirectory(prefix="lguest-bench-blkab-", dir="/var/tmp") as d:
         images = {"ours": os.path.join(d, "ours.img"), "qsd": os.path.join(d, "qsd.img")}

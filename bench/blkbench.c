@@ -7,6 +7,7 @@
  * arrive (its clock), and the guest's own count and clock are printed for a cross-check.
  *
  *   blkbench DEV READ_MB WRITE_MB RAND_SECONDS FLUSH_SECONDS [QD]
+ *   blkbench pairs DEV_A DEV_B SLICE_SECONDS PAIRS QD        (bench/blk_pairs.py)
  *
  * seqread:  READ_MB of 1 MiB O_DIRECT reads, sequential, wrapping at the end of DEV.
  * seqwrite: WRITE_MB of 1 MiB O_DIRECT writes, sequential.
@@ -18,6 +19,15 @@
  *           needed: a blocked thread is a request in flight), for RAND_SECONDS.
  * flush:    fdatasync() on DEV in a loop for FLUSH_SECONDS: Linux's blkdev_fsync sends
  *           one VIRTIO_BLK_T_FLUSH each time, with nothing else in flight.
+ *
+ * pairs: two disks, one per back-end, read in turns. For each queue depth (1, then QD)
+ * it runs PAIRS pairs of slices: a slice is qdread's random reads for SLICE_SECONDS on
+ * one disk with `depth` threads. A pair reads A then B, the next pair B then A (ABBA),
+ * so a slow stretch of the host lands on both back-ends alike; only one disk is read at
+ * a time, so the idle back-end sleeps in poll() and takes no CPU from the busy one.
+ * Each slice prints "s DEV DEPTH" before and "e DEV DEPTH OPS NS" after, so the host can
+ * read each back-end's CPU time around it. A first short slice on each disk, not
+ * printed, warms the guest's threads and both back-ends' rings.
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -90,16 +100,16 @@ static void *reader_run(void *arg)
 	return 0;
 }
 
-static void qdread(int fd, uint64_t blocks, int qd, uint64_t rand_ns)
+/* qd readers on fd for rand_ns, each with one pread in flight; returns their ops. */
+static uint64_t read_threads(int fd, uint64_t blocks, int qd, uint64_t rand_ns, uint64_t seed)
 {
 	struct reader *rs = calloc(qd, sizeof *rs);
 	if (!rs)
 		die("calloc");
-	mark("qdread", "start", 0, 0);
 	uint64_t t = now_ns(), ops = 0;
 	for (int i = 0; i < qd; i++) {
 		rs[i] = (struct reader){ .fd = fd, .blocks = blocks, .until_ns = t + rand_ns,
-					 .seed = 0x9E3779B97F4A7C15ull * (i + 2) };
+					 .seed = seed * (i + 2) | 1 };
 		if (pthread_create(&rs[i].thread, 0, reader_run, &rs[i]))
 			die("pthread_create");
 	}
@@ -107,12 +117,79 @@ static void qdread(int fd, uint64_t blocks, int qd, uint64_t rand_ns)
 		pthread_join(rs[i].thread, 0);
 		ops += rs[i].ops;
 	}
-	mark("qdread", "end", ops, now_ns() - t);
 	free(rs);
+	return ops;
+}
+
+static void qdread(int fd, uint64_t blocks, int qd, uint64_t rand_ns)
+{
+	mark("qdread", "start", 0, 0);
+	uint64_t t = now_ns();
+	uint64_t ops = read_threads(fd, blocks, qd, rand_ns, 0x9E3779B97F4A7C15ull);
+	mark("qdread", "end", ops, now_ns() - t);
+}
+
+static void say(const char *line, int n)
+{
+	if (n <= 0 || write(1, line, n) != n)
+		exit(3);
+}
+
+/* One slice of the pairs mode; its lines printed if `name` is set. */
+static void slice(int fd, uint64_t blocks, const char *name, int depth, uint64_t ns, uint64_t seed)
+{
+	char line[128];
+	if (name)
+		say(line, snprintf(line, sizeof line, "s %s %d\n", name, depth));
+	uint64_t t = now_ns(), ops = read_threads(fd, blocks, depth, ns, seed);
+	if (name)
+		say(line, snprintf(line, sizeof line, "e %s %d %llu %llu\n", name, depth,
+				   (unsigned long long)ops, (unsigned long long)(now_ns() - t)));
+}
+
+static int pairs_main(int argc, char **argv)
+{
+	if (argc != 7) {
+		fprintf(stderr, "usage: blkbench pairs DEV_A DEV_B SLICE_S PAIRS QD\n");
+		return 1;
+	}
+	uint64_t slice_ns = (uint64_t)(atof(argv[4]) * 1e9);
+	int pairs = atoi(argv[5]), qd = atoi(argv[6]);
+	if (pairs < 1 || qd < 1 || qd > 256 || slice_ns == 0) {
+		fprintf(stderr, "blkbench pairs: need SLICE_S > 0, PAIRS >= 1, QD 1..256\n");
+		return 1;
+	}
+	int fds[2];
+	uint64_t blocks[2];
+	for (int d = 0; d < 2; d++) {
+		uint64_t size;
+		fds[d] = open_dev(argv[2 + d], O_RDONLY | O_DIRECT);
+		if (ioctl(fds[d], BLKGETSIZE64, &size))
+			die("BLKGETSIZE64");
+		blocks[d] = size / 4096;
+		if (blocks[d] == 0) {
+			fprintf(stderr, "%s is smaller than 4 KiB\n", argv[2 + d]);
+			return 1;
+		}
+	}
+	const char *names[2] = { "A", "B" };
+	int depths[2] = { 1, qd };
+	uint64_t seed = 0x9E3779B97F4A7C15ull;
+	for (int d = 0; d < 2; d++)
+		slice(fds[d], blocks[d], 0, qd, slice_ns / 4, seed++);
+	for (int k = 0; k < (qd == 1 ? 1 : 2); k++)
+		for (int p = 0; p < pairs; p++)
+			for (int j = 0; j < 2; j++) {
+				int d = (p + j) % 2;        /* A B, B A, A B, ... */
+				slice(fds[d], blocks[d], names[d], depths[k], slice_ns, seed++);
+			}
+	return 0;
 }
 
 int main(int argc, char **argv)
 {
+	if (argc > 1 && !strcmp(argv[1], "pairs"))
+		return pairs_main(argc, argv);
 	if (argc != 6 && argc != 7) {
 		fprintf(stderr, "usage: blkbench DEV READ_MB WRITE_MB RAND_S FLUSH_S [QD]\n");
 		return 1;

@@ -27,6 +27,13 @@ from lguest.virtio import ID_FS
 VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
 TAG = "bench"
 PHASES = ("find", "stat", "read", "write", "git")
+# Each phase's row: what it measures, how much a run does, in what unit, the target.
+SPEC = [("find", "find over 5,000 files in 50 dirs", 5050, "entries/s", ">= 0.5x"),
+        ("stat", "stat storm, 5,000 paths, cold", 5000, "stats/s", ">= 0.5x"),
+        ("git", "git status in a clone of this repository", 1, "runs/s", ">= 0.5x"),
+        ("read", "64 MiB sequential read, dd bs=1M", 64 * 1.048576, "MB/s", ">= 0.8x"),
+        ("write", "64 MiB sequential write, dd bs=1M conv=fsync", 64 * 1.048576, "MB/s",
+         ">= 0.8x")]
 
 GUEST = r"""
 mount -t virtiofs bench /mnt || exit 1
@@ -125,16 +132,21 @@ def wait_for(path, proc, timeout=10):
         time.sleep(0.01)
 
 
-def one_boot(kit, server_class, top):
-    workdir = tempfile.mkdtemp(prefix="lgfsb-", dir="/tmp")
-    marks = {}
-
+def marker_recorder(marks):
+    """on_stdout for process.boot: the host time of each guest line "M <what>", appended
+    to marks[<what>]."""
     def stamp(data):
         now = time.monotonic()
         for line in data.decode(errors="replace").splitlines():
             if line.startswith("M "):
                 marks.setdefault(line[2:].strip(), []).append(now)
+    return stamp
 
+
+def one_boot(kit, server_class, top):
+    workdir = tempfile.mkdtemp(prefix="lgfsb-", dir="/tmp")
+    marks = {}
+    stamp = marker_recorder(marks)
     server = server_class(top, workdir)
     try:
         outcome = process.boot(kit, GUEST, workdir, timeout=300, mem=256,
@@ -174,14 +186,8 @@ def rows(times, runs, ours_name="lguest"):
         ts = times[name][phase]
         return amount / median(ts), f"{min(ts):.3f}-{max(ts):.3f} s"
 
-    spec = [("find", "find over 5,000 files in 50 dirs", 5050, "entries/s", ">= 0.5x"),
-            ("stat", "stat storm, 5,000 paths, cold", 5000, "stats/s", ">= 0.5x"),
-            ("git", "git status in a clone of this repository", 1, "runs/s", ">= 0.5x"),
-            ("read", "64 MiB sequential read, dd bs=1M", 64 * 1.048576, "MB/s", ">= 0.8x"),
-            ("write", "64 MiB sequential write, dd bs=1M conv=fsync", 64 * 1.048576, "MB/s",
-             ">= 0.8x")]
     out = []
-    for phase, metric, amount, unit, target in spec:
+    for phase, metric, amount, unit, target in SPEC:
         if ours_name != "lguest":
             metric, target = f"{metric}, ours as {ours_name}", ""
         ours, our_range = rate(ours_name, phase, amount)

@@ -19,7 +19,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -69,21 +68,14 @@ class Ref(fs.Virtiofsd):
 def one_boot(kit, top, rounds):
     """{side: {phase: [seconds per round]}}."""
     workdir = tempfile.mkdtemp(prefix="lgfsp-", dir="/tmp")
-    marks = {}
-
-    def stamp(data):
-        now = time.monotonic()
-        for line in data.decode(errors="replace").splitlines():
-            words = line.split()
-            if len(words) == 3 and words[0] == "M":
-                marks.setdefault((words[1], words[2]), []).append(now)
-
+    marks = {}                        # "ours find-start": [host times, one a round]
     servers = []
     try:
         servers.append(Ours(top, workdir))
         servers.append(Ref(top, workdir))
         outcome = process.boot(kit, GUEST.replace("{rounds}", str(rounds)), workdir,
-                               timeout=120 + 60 * rounds, mem=256, on_stdout=stamp,
+                               timeout=120 + 60 * rounds, mem=256,
+                               on_stdout=fs.marker_recorder(marks),
                                devices=[(s.sock, ID_FS) for s in servers])
     finally:
         for s in servers:
@@ -93,8 +85,8 @@ def one_boot(kit, top, rounds):
     if outcome.status != 0 or len(marks) != want or any(len(v) != rounds for v in marks.values()):
         raise SystemExit(f"bench fs-pairs: the guest failed (status {outcome.status}, marks "
                          f"{len(marks)} of {want}): {outcome.stderr[-500:]!r} {outcome.log[-800:]}")
-    return {side: {p: [e - s for s, e in zip(marks[(side, f"{p}-start")],
-                                             marks[(side, f"{p}-end")])]
+    return {side: {p: [e - s for s, e in zip(marks[f"{side} {p}-start"],
+                                             marks[f"{side} {p}-end"])]
                    for p in fs.PHASES} for side in SIDES}
 
 
@@ -117,14 +109,8 @@ def measure(rounds=4, quick=False, boots=1):
 
 
 def rows(times, n):
-    spec = [("find", "find over 5,000 files in 50 dirs", 5050, "entries/s", ">= 0.5x"),
-            ("stat", "stat storm, 5,000 paths, cold", 5000, "stats/s", ">= 0.5x"),
-            ("git", "git status in a clone of this repository", 1, "runs/s", ">= 0.5x"),
-            ("read", "64 MiB sequential read, dd bs=1M", 64 * 1.048576, "MB/s", ">= 0.8x"),
-            ("write", "64 MiB sequential write, dd bs=1M conv=fsync", 64 * 1.048576, "MB/s",
-             ">= 0.8x")]
     out = []
-    for phase, metric, amount, unit, target in spec:
+    for phase, metric, amount, unit, target in fs.SPEC:
         ours, ref = times["ours"][phase], times["ref"][phase]
         # A round's ratio: the reference's time over ours (rates, so higher is better).
         ratios = sorted(r / o for o, r in zip(ours, ref))

@@ -141,6 +141,14 @@ def test_rng_fills_at_most_max_fill_per_chain():
         assert struct.unpack_from("<II", mem.read(0x10000 + 4, 8)) == (0, MAX_FILL)
 
 
+def one_chain_offered(mem, size):
+    """A table of `size` one-byte writable descriptors, chain 0 offered in the avail ring."""
+    for i in range(size):
+        desc(mem, i, 0x8000, 1, VRING_DESC_F_WRITE)
+    mem.write_u16(AVAIL + 4, 0)
+    mem.write_u16(AVAIL + 2, 1)
+
+
 class EagerDriverQueue(Virtqueue):
     """A ring whose driver adds a chain each time the device asks for kicks again: the
     fast front-end that answers an interrupt before the device's last look."""
@@ -169,10 +177,7 @@ def test_serve_until_idle_leaves_kicks_armed_when_its_last_round_found_more():
     from lguest.virtqueue import vring_need_event
     with GuestMemory(64 << 10) as mem:
         size = 8
-        for i in range(size):
-            desc(mem, i, 0x8000, 1, VRING_DESC_F_WRITE)
-        mem.write_u16(AVAIL + 4, 0)
-        mem.write_u16(AVAIL + 2, 1)
+        one_chain_offered(mem, size)
         vq = EagerDriverQueue(mem, size, DESC, AVAIL, 0x3000, device="rng", name="input",
                               features=bit(F_RING_EVENT_IDX), publish=ROUNDS)
         device = RngDevice(CountingSource())
@@ -193,10 +198,7 @@ def test_the_interrupt_goes_out_before_the_last_look():
     its next request. Each pass's interrupt is checked on its own."""
     with GuestMemory(64 << 10) as mem:
         size = 8
-        for i in range(size):
-            desc(mem, i, 0x8000, 1, VRING_DESC_F_WRITE)
-        mem.write_u16(AVAIL + 4, 0)
-        mem.write_u16(AVAIL + 2, 1)
+        one_chain_offered(mem, size)
         events = []
         vq = EagerDriverQueue(mem, size, DESC, AVAIL, 0x3000, device="rng", name="input",
                               publish=1)
