@@ -98,6 +98,31 @@ def serve_connection(backend, conn):
         conn.close()
 
 
+def _listen_at(listener, path):
+    """Bind and listen so that the socket appears at `path` only once it listens.
+
+    Front-ends (and scripts) wait for the path to exist and then connect; a socket
+    bound there but not yet listening refuses them (ECONNREFUSED). So it is bound
+    under a hidden name beside `path`, listens, and is then hard-linked at `path` in
+    one step (link(), not rename(): link() fails on a file in the way, where rename()
+    would clobber it) before the hidden name is dropped.
+    A path too long for that name (sun_path is 108 bytes) is bound directly."""
+    directory, name = os.path.split(path)
+    hidden = os.path.join(directory, f".{name}.{os.getpid()}")
+    if len(os.fsencode(hidden)) >= 108:
+        listener.bind(path)
+        listener.listen(1)
+        return
+    if os.path.exists(hidden):
+        os.unlink(hidden)             # left by a server of this pid that was killed
+    listener.bind(hidden)
+    try:
+        listener.listen(1)
+        os.link(hidden, path)
+    finally:
+        os.unlink(hidden)
+
+
 class VhostUserServer:
     """A unix socket serving one backend to one front-end at a time.
 
@@ -121,12 +146,11 @@ class VhostUserServer:
             if os.path.exists(path) and stat.S_ISSOCK(os.stat(path).st_mode):
                 os.unlink(path)       # a stale socket from a previous run
             self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self.listener.bind(path)
-            self.listener.listen(1)
+            _listen_at(self.listener, path)
         except OSError as e:
             if self.listener is not None:     # not left open for the GC to find
                 self.listener.close()
-            raise LauncherError(f"cannot listen on {path}: {e.strerror}") from None
+            raise LauncherError(f"cannot listen on {path}: {e.strerror or e}") from None
 
     def serve_forever(self):
         while not self._stopping.is_set():

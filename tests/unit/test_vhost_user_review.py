@@ -5,6 +5,7 @@ error, no device reset it did not ask for, no leaked fd or mapping."""
 import logging
 import os
 import socket
+import stat
 import struct
 import threading
 import time
@@ -285,3 +286,45 @@ def test_a_listener_that_cannot_bind_is_closed(tmp_path, disk):
     assert len(kept) == 3 and open_fds() == before
 
 
+
+
+def test_the_socket_appears_only_once_it_listens(tmp_path, disk, monkeypatch):
+    """A front-end that connects as soon as the path exists is never refused: the
+    path comes into being (by link) only after listen()."""
+    _, store, _ = disk
+    (tmp_path / "s").mkdir()
+    path = str(tmp_path / "s" / "blk.sock")
+    seen = []
+    real_link = os.link
+
+    def link(src, dst):
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.connect(src)          # refused (ECONNREFUSED) if not yet listening
+        probe.close()
+        seen.append(os.path.exists(dst))
+        real_link(src, dst)
+    monkeypatch.setattr(os, "link", link)
+    with VhostUserServer(VhostUserBackend(BlockDevice(store)), path):
+        assert seen == [False] and stat.S_ISSOCK(os.stat(path).st_mode)
+        assert os.listdir(tmp_path / "s") == ["blk.sock"]   # no hidden name left
+    assert not os.path.exists(path)
+
+
+def test_a_file_in_the_socket_s_way_is_not_clobbered(tmp_path, disk):
+    _, store, _ = disk
+    (tmp_path / "s").mkdir()
+    path = tmp_path / "s" / "blk.sock"
+    path.write_bytes(b"precious")
+    with pytest.raises(LauncherError, match="cannot listen"):
+        VhostUserServer(VhostUserBackend(BlockDevice(store)), str(path))
+    assert path.read_bytes() == b"precious" and os.listdir(tmp_path / "s") == ["blk.sock"]
+
+
+def test_a_socket_path_too_long_for_a_hidden_name_still_listens(tmp_path, disk):
+    _, store, _ = disk
+    room = 107 - len(os.fsencode(str(tmp_path))) - 1
+    path = str(tmp_path / ("s" * (room - 2)))           # fits; its hidden twin would not
+    with VhostUserServer(VhostUserBackend(BlockDevice(store)), path):
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.connect(path)
+        probe.close()
