@@ -39,10 +39,13 @@ LIBRARY_PACKAGES = (
     "librte-timer23 librte-mempool-dpaa23 librte-net-dpaa23 librte-net-bond23 "
     "librte-sched23 librte-ip-frag23 librte-net-ice23 librte-common-iavf23 "
     "librte-net-mlx5-23 librte-common-mlx5-23 librte-bus-auxiliary23 libpcap0.8 "
-    "librte-net-virtio23 librte-mempool-ring23").split()
+    "librte-net-virtio23 librte-mempool-ring23 "
+    # librte-common-mlx5 links libmlx5.so.1 (rdma-core's providers, which Debian's qemu
+    # only recommends) and libibverbs.so.1: a fresh machine may have neither.
+    "ibverbs-providers libibverbs1").split()
 PLUGINS = ("librte_net_virtio.so.23", "librte_mempool_ring.so.23")
 LIB = "usr/lib/x86_64-linux-gnu"
-KIT_VERSION = 1
+KIT_VERSION = 2            # a new package list: a new tree, not one missing a library
 
 
 @dataclass(frozen=True)
