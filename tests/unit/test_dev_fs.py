@@ -86,6 +86,38 @@ def test_lookup_gives_one_node_per_inode_and_forget_releases_it(client, share):
     assert client.lookup(b"missing").error == -errno.ENOENT
 
 
+def test_forget_in_one_buffer_or_split_or_malformed(client, share):
+    """Linux sends FORGET as one 48-byte buffer (read in place); split in two it is the
+    same request; with a wrong length it is refused, the inode kept."""
+    (share / "f").write_text("x")
+    n = client.node(b"f")
+    for _ in range(3):
+        client.node(b"f")                             # 4 lookups
+    header = client.header(W.FORGET, n, W.FORGET_IN.size)
+    client.raw([header + W.FORGET_IN.pack(1)], out_size=0, queue=0)
+    client.raw([header, W.FORGET_IN.pack(1)], out_size=0, queue=0)
+    bad = W.IN_HEADER.pack(W.IN_HEADER.size + 16, W.FORGET, 99, n, 0, 0, 0, 0, 0)
+    malformed = client.dev.stats["malformed"]
+    client.raw([bad + W.FORGET_IN.pack(2)], out_size=0, queue=0)
+    assert client.dev.stats["malformed"] == malformed + 1
+    assert client.getattr(n).error == 0               # 2 of 4 forgotten, not 4
+    client.forget(n, 2)
+    assert client.getattr(n).error == -errno.EBADF
+
+
+def test_a_forget_that_fails_on_the_host_is_counted_not_raised(client, share, monkeypatch):
+    (share / "f").write_text("x")
+    n = client.node(b"f")
+
+    def broken(nodeid, nlookup):
+        raise OSError(errno.EBADF, "closed under us")
+    monkeypatch.setattr(client.fs, "forget", broken)
+    bugs = client.dev.stats["bugs"]
+    assert client.forget(n, 1).written == 0
+    assert client.dev.stats["bugs"] == bugs + 1
+    assert client.getattr(n).error == 0               # the queue and the device go on
+
+
 def test_batch_forget_on_hiprio(client, share):
     (share / "f").write_text("x")
     n = client.node(b"f")
