@@ -23,7 +23,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import fs  # noqa: E402
-from common import Row, bench_kit, fmt, say  # noqa: E402
+from common import Row, bench_kit, fmt, say, tree_cpu_seconds  # noqa: E402
 
 from lguest.uml import process  # noqa: E402
 from lguest.virtio import ID_FS  # noqa: E402
@@ -65,17 +65,33 @@ class Ref(fs.Virtiofsd):
     tag = "ref"
 
 
+def cpu_recorder(marks, cpu, servers):
+    """on_stdout: fs.marker_recorder's host times in `marks`, and in `cpu` the CPU
+    seconds the marked side's server (its process tree) has used by then."""
+    stamp = fs.marker_recorder(marks)
+
+    def record(data):
+        stamp(data)
+        for line in data.decode(errors="replace").splitlines():
+            if line.startswith("M ") and len(line.split()) == 3:
+                side = line.split()[1]
+                cpu.setdefault(line[2:].strip(), []).append(
+                    tree_cpu_seconds(servers[side].proc.pid))
+    return record
+
+
 def one_boot(kit, top, rounds):
-    """{side: {phase: [seconds per round]}}."""
+    """({side: {phase: [seconds per round]}}, the same of server CPU seconds)."""
     workdir = tempfile.mkdtemp(prefix="lgfsp-", dir="/tmp")
     marks = {}                        # "ours find-start": [host times, one a round]
+    cpu = {}                          # "ours find-start": [server CPU seconds, one a round]
     servers = []
     try:
         servers.append(Ours(top, workdir))
         servers.append(Ref(top, workdir))
         outcome = process.boot(kit, GUEST.replace("{rounds}", str(rounds)), workdir,
                                timeout=120 + 60 * rounds, mem=256,
-                               on_stdout=fs.marker_recorder(marks),
+                               on_stdout=cpu_recorder(marks, cpu, dict(zip(SIDES, servers))),
                                devices=[(s.sock, ID_FS) for s in servers])
     finally:
         for s in servers:
@@ -85,9 +101,11 @@ def one_boot(kit, top, rounds):
     if outcome.status != 0 or len(marks) != want or any(len(v) != rounds for v in marks.values()):
         raise SystemExit(f"bench fs-pairs: the guest failed (status {outcome.status}, marks "
                          f"{len(marks)} of {want}): {outcome.stderr[-500:]!r} {outcome.log[-800:]}")
-    return {side: {p: [e - s for s, e in zip(marks[f"{side} {p}-start"],
-                                             marks[f"{side} {p}-end"])]
-                   for p in fs.PHASES} for side in SIDES}
+    def spans(record):
+        return {side: {p: [e - s for s, e in zip(record[f"{side} {p}-start"],
+                                                 record[f"{side} {p}-end"])]
+                       for p in fs.PHASES} for side in SIDES}
+    return spans(marks), spans(cpu)
 
 
 def measure(rounds=4, quick=False, boots=1):
@@ -98,14 +116,34 @@ def measure(rounds=4, quick=False, boots=1):
         raise SystemExit(f"{fs.VIRTIOFSD} is missing (Debian: apt-get install qemu-system-common)")
     kit = bench_kit(fs.git_files())
     times = {side: {p: [] for p in fs.PHASES} for side in SIDES}
+    cpu = {side: {p: [] for p in fs.PHASES} for side in SIDES}
     with tempfile.TemporaryDirectory(prefix="lguest-fsp-", dir="/tmp") as top:
         fs.make_tree(top)
         for b in range(boots):
             say(f"fs-pairs: boot {b + 1}/{boots}, {rounds} rounds of every phase on both mounts")
-            for side, phases in one_boot(kit, top, rounds).items():
-                for p, ts in phases.items():
-                    times[side][p] += ts
-    return rows(times, rounds * boots)
+            for into, got in zip((times, cpu), one_boot(kit, top, rounds)):
+                for side, phases in got.items():
+                    for p, ts in phases.items():
+                        into[side][p] += ts
+    return rows(times, rounds * boots) + cpu_rows(cpu, rounds * boots)
+
+
+# What each server's process spent on the CPU during its own phases, per unit of the
+# phase's work (clock ticks of /proc/PID/stat, summed over the rounds, so a few
+# ticks' error at most): at one request in flight the guest waits for all of it.
+CPU_ROWS = (("stat", "a path of the stat storm", 5000, 1e6, "us"),
+            ("read", "a MiB of the sequential read", 64, 1e6, "us"))
+
+
+def cpu_rows(cpu, n):
+    out = []
+    for phase, what, amount, scale, unit in CPU_ROWS:
+        if phase not in cpu["ours"]:
+            continue
+        per = {side: sum(cpu[side][phase]) / (amount * n) * scale for side in SIDES}
+        out.append(Row("fs-pairs", f"server CPU per {what} ({n} rounds)", per["ours"],
+                       per["ref"], unit, "", higher_is_better=False))
+    return out
 
 
 def rows(times, n):

@@ -215,3 +215,28 @@ def test_fs_pairs_rows_are_rates_with_per_round_ratios():
     assert find.ours == 5050 / 3.0 and find.reference == 5050 / 1.0
     assert "median 0.38x" in find.note and "0.25-0.50x" in find.note
     assert find.holds() is False and len(rows) == 5
+
+
+def test_fs_pairs_cpu_rows_are_per_unit_of_work_lower_is_better():
+    import fs_pairs
+    cpu = {"ours": {p: [0.5, 0.3] for p in ("find", "stat", "git", "read", "write")},
+           "ref": {p: [0.1, 0.1] for p in ("find", "stat", "git", "read", "write")}}
+    stat, read = fs_pairs.cpu_rows(cpu, 2)
+    assert round(stat.ours) == 80 and round(stat.reference) == 20      # us per path
+    assert round(read.ours) == 6250 and read.unit == "us"               # per MiB
+    assert stat.higher_is_better is False and stat.holds() is None
+
+
+def test_fs_pairs_cpu_recorder_charges_each_mark_to_its_side(monkeypatch):
+    import fs_pairs
+    seen = iter([1.5, 2.0])
+    monkeypatch.setattr(fs_pairs, "tree_cpu_seconds", lambda pid: next(seen))
+
+    class Server:
+        def __init__(self, pid):
+            self.proc = type("P", (), {"pid": pid})()
+    marks, cpu = {}, {}
+    record = fs_pairs.cpu_recorder(marks, cpu, {"ours": Server(1), "ref": Server(2)})
+    record(b"M ours stat-start\nnoise\nM ref stat-end\n")
+    assert cpu == {"ours stat-start": [1.5], "ref stat-end": [2.0]}
+    assert set(marks) == {"ours stat-start", "ref stat-end"}
