@@ -16,6 +16,7 @@
 """
 
 import array
+import errno
 import logging
 import os
 import select
@@ -98,29 +99,43 @@ def serve_connection(backend, conn):
         conn.close()
 
 
-def _listen_at(listener, path):
-    """Bind and listen so that the socket appears at `path` only once it listens.
+def _listen_at(path):
+    """A listening unix socket that appears at `path` only once it listens.
 
     Front-ends (and scripts) wait for the path to exist and then connect; a socket
     bound there but not yet listening refuses them (ECONNREFUSED). So it is bound
     under a hidden name beside `path`, listens, and is then hard-linked at `path` in
     one step (link(), not rename(): link() fails on a file in the way, where rename()
-    would clobber it) before the hidden name is dropped.
-    A path too long for that name (sun_path is 108 bytes) is bound directly."""
+    would clobber it) before the hidden name is dropped. Where that cannot be done --
+    a path too long for the hidden name (sun_path is 108 bytes), a filesystem without
+    hard links -- it is bound at `path` directly."""
     directory, name = os.path.split(path)
     hidden = os.path.join(directory, f".{name}.{os.getpid()}")
-    if len(os.fsencode(hidden)) >= 108:
-        listener.bind(path)
-        listener.listen(1)
-        return
-    if os.path.exists(hidden):
-        os.unlink(hidden)             # left by a server of this pid that was killed
-    listener.bind(hidden)
+    if len(os.fsencode(hidden)) < 108:
+        if os.path.exists(hidden):
+            os.unlink(hidden)         # left by a server of this pid that was killed
+        listener = _listening(hidden)
+        try:
+            os.link(hidden, path)
+            return listener
+        except OSError as e:
+            listener.close()
+            if e.errno == errno.EEXIST:
+                raise
+        finally:
+            os.unlink(hidden)
+    return _listening(path)
+
+
+def _listening(address):
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
+        listener.bind(address)
         listener.listen(1)
-        os.link(hidden, path)
-    finally:
-        os.unlink(hidden)
+    except OSError:
+        listener.close()
+        raise
+    return listener
 
 
 class VhostUserServer:
@@ -145,11 +160,8 @@ class VhostUserServer:
         try:
             if os.path.exists(path) and stat.S_ISSOCK(os.stat(path).st_mode):
                 os.unlink(path)       # a stale socket from a previous run
-            self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            _listen_at(self.listener, path)
+            self.listener = _listen_at(path)
         except OSError as e:
-            if self.listener is not None:     # not left open for the GC to find
-                self.listener.close()
             raise LauncherError(f"cannot listen on {path}: {e.strerror or e}") from None
 
     def serve_forever(self):

@@ -2,6 +2,7 @@
 (or its guest) costs only its own ring or session -- no spinning thread, no swallowed
 error, no device reset it did not ask for, no leaked fd or mapping."""
 
+import errno
 import logging
 import os
 import socket
@@ -328,3 +329,21 @@ def test_a_socket_path_too_long_for_a_hidden_name_still_listens(tmp_path, disk):
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         probe.connect(path)
         probe.close()
+
+
+def test_a_filesystem_without_hard_links_gets_the_socket_bound_in_place(tmp_path, disk,
+                                                                       monkeypatch):
+    _, store, _ = disk
+    (tmp_path / "s").mkdir()
+    path = str(tmp_path / "s" / "blk.sock")
+
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted")
+    monkeypatch.setattr(os, "link", no_links)
+    before = open_fds()
+    with VhostUserServer(VhostUserBackend(BlockDevice(store)), path):
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.connect(path)
+        probe.close()
+        assert os.listdir(tmp_path / "s") == ["blk.sock"]
+    assert open_fds() == before
