@@ -39,7 +39,6 @@ VALID = W.split_seconds(VALID_SECONDS)
 # The largest arguments a request other than WRITE may have: two names of PATH_MAX.
 MAX_ARGS = 3 * 4096 + 256
 
-FORGET_SIZE = W.IN_HEADER.size + W.FORGET_IN.size
 COUNTERS = ("requests", "errors", "enosys", "malformed", "bugs")
 DT_BY_MODE = {0o010000: 1, 0o020000: 2, 0o040000: 4, 0o060000: 6,
               0o100000: 8, 0o120000: 10, 0o140000: 12}
@@ -142,10 +141,6 @@ class FsDevice(VirtioDevice):
     def serve(self, readable, writable, counts):
         """Answer one request; return the number of bytes written into `writable`.
         counts: the serving queue's counters."""
-        if len(readable) == 1 and readable[0].nbytes == FORGET_SIZE:
-            header = W.IN_HEADER.unpack_from(readable[0])
-            if header[1] == W.FORGET and header[0] == FORGET_SIZE:
-                return self._forget_now(header[3], readable[0], counts)
         total_in = iov_length(readable)
         if total_in < W.IN_HEADER.size:
             counts["malformed"] += 1
@@ -185,20 +180,6 @@ class FsDevice(VirtioDevice):
             counts["errors"] += 1
             return write_reply(writable, unique, -errno.EIO, b"")
         return write_reply(writable, unique, 0, reply)
-
-    # FORGET comes by the thousand when the guest drops its caches (drop_caches, memory
-    # pressure), one request each on the hiprio queue while the request queue is busy:
-    # Linux's virtiofs sends it as one 48-byte buffer, which is read in place here, with
-    # no Request made. It has no reply, so nothing is written.
-    def _forget_now(self, nodeid, buffer, counts):
-        counts["requests"] += 1
-        (nlookup,) = W.FORGET_IN.unpack_from(buffer, W.IN_HEADER.size)
-        try:
-            self.fs.forget(nodeid, nlookup)
-        except Exception:
-            counts["bugs"] += 1
-            log.exception("%s: FORGET failed", self.name)
-        return 0
 
     def _dispatch(self, header, opcode, args, data, writable, counts):
         handler = self._handlers.get(opcode)
