@@ -132,14 +132,17 @@ def wait_for(path, proc, timeout=10):
         time.sleep(0.01)
 
 
-def marker_recorder(marks):
+def marker_recorder(marks, on_mark=None):
     """on_stdout for process.boot: the host time of each guest line "M <what>", appended
-    to marks[<what>]."""
+    to marks[<what>]; on_mark(<what>), if given, is called for each as well."""
     def stamp(data):
         now = time.monotonic()
         for line in data.decode(errors="replace").splitlines():
             if line.startswith("M "):
-                marks.setdefault(line[2:].strip(), []).append(now)
+                what = line[2:].strip()
+                marks.setdefault(what, []).append(now)
+                if on_mark is not None:
+                    on_mark(what)
     return stamp
 
 

@@ -68,16 +68,11 @@ class Ref(fs.Virtiofsd):
 def cpu_recorder(marks, cpu, servers):
     """on_stdout: fs.marker_recorder's host times in `marks`, and in `cpu` the CPU
     seconds the marked side's server (its process tree) has used by then."""
-    stamp = fs.marker_recorder(marks)
-
-    def record(data):
-        stamp(data)
-        for line in data.decode(errors="replace").splitlines():
-            if line.startswith("M ") and len(line.split()) == 3:
-                side = line.split()[1]
-                cpu.setdefault(line[2:].strip(), []).append(
-                    tree_cpu_seconds(servers[side].proc.pid))
-    return record
+    def charge(what):                  # "ours stat-start"
+        side = what.split()[0]
+        if side in servers:
+            cpu.setdefault(what, []).append(tree_cpu_seconds(servers[side].proc.pid))
+    return fs.marker_recorder(marks, charge)
 
 
 def one_boot(kit, top, rounds):

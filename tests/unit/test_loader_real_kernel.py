@@ -40,7 +40,7 @@ def find_kernel():
 
 
 @pytest.fixture
-def kernel():
+def bzimage():
     """Looked for when a test runs, not when the module is collected: on a fresh
     machine the KVM and QEMU kits fetch the kernel during the run (tests/hw, first)."""
     path = find_kernel()
@@ -52,8 +52,8 @@ def kernel():
     return path
 
 
-def test_a_distribution_bzimage_loads_with_64_bit_entry_and_pc_boot_params(kernel):
-    with GuestMemory(256 * MiB) as memory, ImageFile(kernel) as source:
+def test_a_distribution_bzimage_loads_with_64_bit_entry_and_pc_boot_params(bzimage):
+    with GuestMemory(256 * MiB) as memory, ImageFile(bzimage) as source:
         kernel = load_kernel(source, memory)
         setup_sects = source.read(0x1F1, 1)[0] or 4
         payload = source.read((setup_sects + 1) * 512, 4096)
@@ -68,7 +68,7 @@ def test_a_distribution_bzimage_loads_with_64_bit_entry_and_pc_boot_params(kerne
     assert zero_page[0x202:0x206] == b"HdrS" and zero_page[0x210] == 0xFF
 
 
-def test_a_distribution_bzimage_refuses_too_little_memory(kernel):
-    with GuestMemory(24 * MiB) as memory, ImageFile(kernel) as source:
+def test_a_distribution_bzimage_refuses_too_little_memory(bzimage):
+    with GuestMemory(24 * MiB) as memory, ImageFile(bzimage) as source:
         with pytest.raises(LauncherError, match="kernel needs [0-9]+ MiB of guest memory, only 24"):
             load_kernel(source, memory)

@@ -287,8 +287,6 @@ def test_a_listener_that_cannot_bind_is_closed(tmp_path, disk):
     assert len(kept) == 3 and open_fds() == before
 
 
-
-
 def test_the_socket_appears_only_once_it_listens(tmp_path, disk, monkeypatch):
     """A front-end that connects as soon as the path exists is never refused: the
     path comes into being (by link) only after listen()."""
