@@ -170,14 +170,24 @@ def test_root_initramfs_is_the_busybox_guest(uml, project):
     assert lines[3:] == ["from-host", "no-python"]
 
 
+def shares_under_tmp():
+    """The guest's /tmp is its own tmpfs (as virtme-ng's is): what this interpreter needs
+    from the host's /tmp -- a checkout cloned there, its virtualenv -- is shared, read-only
+    at the same path, so that the guest sees it (`--share`, as a user would)."""
+    wanted = sorted({os.path.realpath(p) for p in [sys.prefix, *sys.path]
+                     if os.path.realpath(p or ".").startswith("/tmp/")})
+    tops = [p for p in wanted if not any(p.startswith(q + "/") for q in wanted)]
+    return [arg for p in tops for arg in ("--share", f"{p}:{p},ro")]
+
+
 def test_pytest_on_a_tiny_project(uml, project):
     with open(os.path.join(project, "test_tiny.py"), "w") as f:
         f.write("import os\n\n"
                 "def test_adds():\n    assert 1 + 1 == 2\n\n"
                 "def test_writes_here(tmp_path):\n"
                 "    open('from-pytest.txt', 'w').write(os.uname().release)\n")
-    done = lguest_run(["--mem", "256", "--", sys.executable, "-m", "pytest", "-q"],
-                      project)
+    done = lguest_run(["--mem", "256", *shares_under_tmp(), "--", sys.executable, "-m",
+                       "pytest", "-q"], project)
     out = done.stdout.decode()
     assert done.returncode == 0, out + done.stderr.decode()
     assert "2 passed" in out

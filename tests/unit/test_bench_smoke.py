@@ -114,9 +114,19 @@ def test_lguest_host_rows_ignore_runs_that_never_reached_init():
     assert rows["cost per trap:"].ours == pytest.approx(9000)
 
 
+def seed_or_skip():
+    """The seed's text, which lives beside the checkout (../shared/seeds), not in it: a
+    clone elsewhere has none, and the bench says so itself."""
+    import seed_launcher
+    try:
+        return seed_launcher.seed_path()
+    except SystemExit as e:
+        pytest.skip(str(e))
+
+
 def test_the_seed_restores_to_c_with_directives_on_their_own_lines():
     import seed_launcher
-    with open(seed_launcher.seed_path(), encoding="utf-8") as f:
+    with open(seed_or_skip(), encoding="utf-8") as f:
         source = seed_launcher.restore(f.read())
     assert "\u00ae" not in source and "\u00ac" not in source
     assert "dev_and_reg(&reg)" in source and "&notify" in source
@@ -132,6 +142,7 @@ def test_the_seed_launcher_compiles_for_i386():
     import shutil
     import subprocess
     import seed_launcher
+    seed_or_skip()
     if not shutil.which("gcc") or subprocess.run(
             ["gcc", "-m32", "-print-file-name=libc.a"], capture_output=True, text=True
             ).stdout.strip() in ("", "libc.a"):
