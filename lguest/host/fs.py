@@ -229,8 +229,13 @@ class SharedDirectory:
             self._handles = {}
 
     def close(self):
+        """Close every descriptor; a second close does nothing (as the block file's):
+        closing a number twice could close a descriptor someone else opened since."""
+        if self.root.fd < 0:
+            return
         self.reset()
         os.close(self.root.fd)
+        self.root.fd = -1
 
     # -- attributes ----------------------------------------------------------------------
     def getattr(self, nodeid, fh=None):

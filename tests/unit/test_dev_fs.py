@@ -332,3 +332,16 @@ def test_a_read_only_share_answers_a_missing_name_with_a_cacheable_negative_entr
     finally:
         ro.close()
         rw.close()
+
+
+def test_closing_twice_closes_nothing_twice(share):
+    # A second close of the same numbers could close descriptors opened meanwhile
+    # (the served device and its transport both close the device at the end).
+    shared = SharedDirectory(str(share))
+    shared.close()
+    bystander = os.open(str(share), os.O_PATH)     # likely the number the root had
+    try:
+        shared.close()
+        os.fstat(bystander)                         # still open
+    finally:
+        os.close(bystander)
