@@ -90,11 +90,13 @@ def command_line(token, mode, command):
 class BootedGuest:
     """A running UML whose /init is the agent: start(), run() any number of times, stop()."""
 
-    def __init__(self, kit, workdir, *, console=False):
+    def __init__(self, kit, workdir, *, console=False, cpus=None):
         self.kit = kit
         self.workdir = workdir
+        self.cpus = cpus                # where UML may run (None: anywhere, L:887)
         self.proc = None
         self.log = bytearray()
+        self.log_received = 0           # bytes of kernel console ever read (self.log: its tail)
         self._fds = []
         self._sel = selectors.DefaultSelector()
         self._console = os.pipe() if console else None
@@ -123,7 +125,7 @@ class BootedGuest:
         guest_ends = (log_w, out_w, err_w, st_w, ctl_r, in_r, tty_w, winch_r)
         argv = kernel_arguments(self.kit, None, self.workdir, guest_ends[:4], control=ctl_r,
                                 stdin_line=(in_r, tty_w, winch_r), **kernel_options)
-        self.proc = spawn(argv, self.workdir, guest_ends)
+        self.proc = spawn(argv, self.workdir, guest_ends, self.cpus)
         for fd in guest_ends:
             self._close_fd(fd)
         self._control = ctl_w
@@ -163,10 +165,25 @@ class BootedGuest:
             if not data:
                 self._sel.unregister(key.fd)
             elif key.data == "log":
-                self.log = (self.log + data)[-LOG_TAIL:]
+                self._logged(data)
             else:
                 handle(key.data, data)
         return True
+
+    def _logged(self, data):
+        self.log = (self.log + data)[-LOG_TAIL:]
+        self.log_received += len(data)
+
+    def _log_since(self, mark):
+        """The kernel console's text since log_received was `mark` (its tail, if long).
+        Lines the kernel wrote as the command ended may still be in the pipe: read them."""
+        for key, _ in self._sel.select(0):
+            if key.data == "log":
+                data = os.read(key.fd, 65536)
+                if data:
+                    self._logged(data)
+        new = min(self.log_received - mark, len(self.log))
+        return self.log[len(self.log) - new:].decode("utf-8", "replace")
 
     def _wait_until_ready(self, deadline, handle):
         """Boot time: read until the agent says it listens; False on timeout or death."""
@@ -212,6 +229,7 @@ class BootedGuest:
 
         deadline = None if timeout is None else start + timeout
         status = None
+        log_mark = self.log_received
         if not self._wait_until_ready(deadline, handle):
             outcome.timed_out = self.alive
         else:
@@ -236,6 +254,7 @@ class BootedGuest:
             # Dead: read what the kernel said last (the panic line). Hung: kill it now.
             self.stop(grace=0 if outcome.timed_out else 1.0)
             outcome.uml_returncode = self.proc.returncode
+        outcome.command_log = self._log_since(log_mark)
         outcome.log = self.log.decode("utf-8", "replace")
         outcome.elapsed = time.monotonic() - start
         return outcome

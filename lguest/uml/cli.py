@@ -2,7 +2,8 @@
 
     lguest run [--mem MB] [--block FILE[,ro]]... [--net SPEC] [--ip ADDR/PREFIX]
                [--console] [--timeout S] [--backend lguest|qsd]
-               [--root host|initramfs] [--share HOST[:GUEST][,ro]]... -- CMD [ARGS...]
+               [--root host|initramfs] [--share HOST[:GUEST][,ro]]... [--cpus one|all|LIST]
+               -- CMD [ARGS...]
 
 #L:890 The main job, end to end: fetch and build the kit if this is the first run
 # (L:803), start our vhost-user back-ends for the devices asked for (L:861), boot UML
@@ -23,8 +24,8 @@ import sys
 import threading
 
 from ..errors import LauncherError
-from . import shares
-from .guest import Guest, GuestFailed, GuestTimeout
+from . import placement, shares
+from .guest import DEFAULT_MEM_MB, Guest, GuestFailed, GuestTimeout
 from .stdin import run_with_our_stdin
 
 EXIT_TIMEOUT = 124
@@ -74,12 +75,22 @@ def timeout_seconds(text):
     return seconds
 
 
+def cpu_placement(text):
+    """--cpus: one, all, or a CPU list."""
+    try:
+        return placement.parse_cpus(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def parser():
     p = argparse.ArgumentParser(
         prog="lguest run",
         description="Boot a User-Mode Linux guest whose virtio devices are served by "
                     "lguest's vhost-user back-end, run CMD in it, and exit with its status.")
-    p.add_argument("--mem", type=memory_size, default=64, metavar="MB", help="guest memory (default 64)")
+    p.add_argument("--mem", type=memory_size, default=DEFAULT_MEM_MB, metavar="MB",
+                   help=f"guest memory (default {DEFAULT_MEM_MB}; only what the guest uses "
+                        "costs host memory)")
     p.add_argument("--block", action="append", default=[], metavar="FILE[,ro]",
                    help="a disk image, /dev/vda, /dev/vdb, ... in the guest (repeatable)")
     p.add_argument("--net", metavar="SPEC",
@@ -97,6 +108,10 @@ def parser():
     p.add_argument("--share", action="append", default=[], metavar="HOST[:GUEST][,ro]",
                    help="also show host directory HOST at GUEST (default: the same path) in "
                         "the guest, read-only with ,ro (repeatable)")
+    p.add_argument("--cpus", type=cpu_placement, default=placement.ONE, metavar="one|all|LIST",
+                   help="where the guest and its back-ends run: one CPU shared (default; "
+                        "each request is a ping-pong between them), all (the scheduler "
+                        "decides), or CPUs such as 0,2-3")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
     return p
 
@@ -120,9 +135,12 @@ def main(argv=None):
     try:
         with Guest(block=args.block, console=args.console, net=args.net, ip=args.ip,
                    mem=args.mem, timeout=args.timeout, backend=args.backend,
-                   root=args.root, share=args.share, terminal=sys.stdout.isatty()) as guest:
+                   root=args.root, share=args.share, terminal=sys.stdout.isatty(),
+                   cpus=args.cpus) as guest:
             result = run_with_our_stdin(guest, command, on_stdout=_writer(sys.stdout.buffer),
                                         on_stderr=_writer(sys.stderr.buffer))
+        for note in result.notes:           # an OOM kill is the one kind so far
+            print(f"lguest run: {note}; --mem gives it more", file=sys.stderr)
         return result.returncode
     except GuestTimeout as e:
         print(f"lguest run: {e}", file=sys.stderr)

@@ -22,16 +22,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shlex
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, Sequence
 
 from .. import virtio
 from ..errors import LauncherError
-from . import agent, kit as kit_module, servers, shares as shares_module
+from . import agent, kit as kit_module, placement, servers, shares as shares_module
 
 if TYPE_CHECKING:
     from ..vhost_user.served import Served
@@ -40,6 +41,10 @@ if TYPE_CHECKING:
 
 # Room for "/<boot>/console.sock" within the 108 bytes of a unix socket address.
 MAX_WORKDIR_PATH = 80
+# Enough for the host's Python running a test suite: at 64 MiB pytest was killed by the
+# guest's OOM killer. UML's memory is a sparse file; only what the guest touches costs
+# host memory, and boots took as long at 512 MiB as at 64 (1.2-1.6 s).
+DEFAULT_MEM_MB = 256
 
 
 class GuestFailed(LauncherError):
@@ -62,6 +67,21 @@ class Result:
     stderr: str | bytes
     returncode: int
     elapsed: float                  # seconds, including the boot if this run() booted
+    # What the guest's kernel did to the command that a user should hear of (an OOM
+    # kill: memory_notes), one sentence each: the command's own output says nothing of it.
+    notes: list[str] = field(default_factory=list)
+
+
+# Linux's oom_kill.c: "Out of memory: Killed process 123 (python3) total-vm:..."
+# ("Memory cgroup out of memory: ..." inside a cgroup with a limit).
+_OOM_KILL = re.compile(r"out of memory: Killed process (\d+) \(([^)]*)\)", re.IGNORECASE)
+
+
+def memory_notes(kernel_log, mem):
+    """One note per process the guest's OOM killer killed, in kernel_log's text."""
+    return [f"the guest ran out of memory ({mem} MiB) and its kernel killed {name} "
+            f"(pid {pid})"
+            for pid, name in _OOM_KILL.findall(kernel_log)]
 
 
 def describe_failure(outcome, timeout):
@@ -75,17 +95,33 @@ def describe_failure(outcome, timeout):
                        f"(UML exit status {outcome.uml_returncode})", outcome.log)
 
 
+def _placement(cpus):
+    """Guest(cpus=...) checked now, so a bad one is refused before anything boots."""
+    try:
+        spec = placement.parse_cpus(cpus) if isinstance(cpus, str) else frozenset(cpus)
+        if not spec or not isinstance(spec, str) and not all(
+                isinstance(c, int) and c >= 0 for c in spec):
+            raise ValueError("give 'one', 'all', or CPU numbers")
+        placement.resolve(spec)
+    except (TypeError, ValueError, LauncherError) as e:
+        raise LauncherError(f"cpus={cpus!r}: {e}") from None
+    return spec
+
+
 class _Booted:
     """One boot of a Guest: its back-ends, its UML, its directory, stopped in that order."""
 
     def __init__(self, guest, boot_dir):
         self.stack = contextlib.ExitStack()
         self.stack.callback(shutil.rmtree, boot_dir, ignore_errors=True)
-        self.uml = agent.BootedGuest(guest._kit, boot_dir, console=guest.console)
+        # Chosen at each boot: "one" is the CPU we are on now (L:887).
+        self.cpus = placement.resolve(guest.cpus)
+        self.uml = agent.BootedGuest(guest._kit, boot_dir, console=guest.console,
+                                     cpus=self.cpus)
         self.stack.callback(self.uml.release)
         self.sink = lambda data: None
         try:
-            devices = guest._servers(self.stack, boot_dir, self._console)
+            devices = guest._servers(self.stack, boot_dir, self._console, self.cpus)
             self.stack.callback(self.stop)
             self.uml.start(mem=guest.mem, devices=devices, wait=guest._wait_list(devices),
                            ip=guest.ip, stdout_device="hvc0" if guest.console else "tty1",
@@ -121,14 +157,17 @@ class Guest:
     "HOST[:GUEST][,ro]" or (host, guest[, read_only]); cwd (default: ours) and user
     ((uid, gid) or (uid, gid, supplementary groups); default: ours, with our groups)
     are where and as whom commands run with the host root;
-    terminal: our stdout is a terminal, so the caller's TERM is passed (else TERM=dumb).
+    terminal: our stdout is a terminal, so the caller's TERM is passed (else TERM=dumb);
+    cpus: where the guest and its back-ends run (L:887): "one" (one CPU shared, the one
+    we are on at boot), "all" (the scheduler's choice), or CPUs ("0,2-3", or ints).
     """
 
     def __init__(self, *, block: Iterable[str | tuple[str, bool]] = (), console: bool = False,
-                 net: str | Served | None = None, ip: str | None = None, mem: int = 64,
-                 timeout: float | None = 60.0, backend: str = "lguest", kit: Kit | None = None,
-                 root: str = "host", share: Iterable = (), cwd: str | None = None,
-                 user: tuple | None = None, terminal: bool = False):
+                 net: str | Served | None = None, ip: str | None = None,
+                 mem: int = DEFAULT_MEM_MB, timeout: float | None = 60.0,
+                 backend: str = "lguest", kit: Kit | None = None, root: str = "host",
+                 share: Iterable = (), cwd: str | None = None, user: tuple | None = None,
+                 terminal: bool = False, cpus: str | Iterable[int] = placement.ONE):
         self.block = [b if isinstance(b, str) else f"{b[0]},ro" if b[1] else b[0]
                       for b in block]
         self.console = console
@@ -144,6 +183,7 @@ class Guest:
         for spec in self.block:
             servers.parse_block_spec(spec)
         self.plan = shares_module.plan(share, root, cwd, user, terminal=terminal)
+        self.cpus = _placement(cpus)
 
     def __enter__(self):
         self._kit = self._kit or kit_module.ensure_kit()
@@ -164,24 +204,26 @@ class Guest:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
 
-    def _servers(self, stack, workdir, console_sink):
-        """Start the back-ends; return [(socket, virtio id)] in the order UML should see them."""
+    def _servers(self, stack, workdir, console_sink, cpus):
+        """Start the back-ends (on `cpus`, L:887); return [(socket, virtio id)] in the
+        order UML should see them."""
         if not (self.block or self.console or self.net is not None or self.plan.shares):
             return []
         from . import ours
         if self.backend == "qsd":
             if self.console or self.net is not None:
                 raise LauncherError("the qemu-storage-daemon back-end serves block devices only")
-            devices = stack.enter_context(servers.QsdBlockServer(self.block, workdir)).devices \
-                if self.block else []
+            devices = stack.enter_context(
+                servers.QsdBlockServer(self.block, workdir, cpus)).devices if self.block else []
             # The shared directories are ours whoever serves the disks.
             return devices + stack.enter_context(
-                ours.OurServers([], workdir, fs=self.plan.served)).devices
+                ours.OurServers([], workdir, fs=self.plan.served, cpus=cpus)).devices
         if self.backend != "lguest":
             raise LauncherError(f"unknown back-end {self.backend!r} (lguest or qsd)")
         return stack.enter_context(ours.OurServers(self.block, workdir, console=self.console,
                                                    console_sink=console_sink,
-                                                   net=self.net, fs=self.plan.served)).devices
+                                                   net=self.net, fs=self.plan.served,
+                                                   cpus=cpus)).devices
 
     def _wait_list(self, devices):
         blocks = [d for d in devices if d[1] == virtio.ID_BLOCK]
@@ -275,4 +317,5 @@ class Guest:
         stdout, stderr = bytes(outcome.stdout), bytes(outcome.stderr)
         if text:
             stdout, stderr = stdout.decode(errors="replace"), stderr.decode(errors="replace")
-        return Result(stdout, stderr, outcome.status, time.monotonic() - start)
+        return Result(stdout, stderr, outcome.status, time.monotonic() - start,
+                      memory_notes(outcome.command_log, self.mem))

@@ -44,10 +44,11 @@ class OurServers:
     """Start one vhost-user server per device; `.devices` lists (socket, virtio id).
 
     `net` is the back-end's own spec (tap:NAME[:HOSTIP[/PREFIX]]), or an already built Served
-    device (one end of a guest-to-guest pair, L:760)."""
+    device (one end of a guest-to-guest pair, L:760). `cpus`: where the servers' threads
+    run (None: anywhere; L:887)."""
 
     def __init__(self, blocks, workdir, *, console=False, console_sink=None, net=None,
-                 fs=()):
+                 fs=(), cpus=None):
         for spec in blocks:
             servers.parse_block_spec(spec)
         self.blocks = list(blocks)
@@ -56,6 +57,7 @@ class OurServers:
         self.console_sink = console_sink or (lambda data: None)
         self.net = net
         self.fs = list(fs)              # [(host directory, tag, read_only)]
+        self.cpus = cpus
         self.devices = []
         self._servers = []
         self._served = []
@@ -66,7 +68,7 @@ class OurServers:
         path = os.path.join(self.workdir, f"{name}.sock")
         server = VhostUserServer(served.backend(), path)
         self._servers.append(server)
-        server.serve_in_thread()
+        server.serve_in_thread(self.cpus)
         self.devices.append((path, virtio_id))
 
     def _net(self):

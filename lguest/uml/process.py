@@ -41,6 +41,7 @@ class Outcome:
     stdout: bytearray = field(default_factory=bytearray)
     stderr: bytearray = field(default_factory=bytearray)
     status_text: bytearray = field(default_factory=bytearray)
+    command_log: str = ""         # what the kernel console said while the command ran
 
 
 def kernel_arguments(kit, command, workdir, fds, *, mem=64, devices=(), wait=(),
@@ -101,9 +102,13 @@ def skipped_benchmarks(devices):
     return skipped
 
 
-def _no_core_dumps():
-    # UML aborts on a kernel panic; a core file of the whole guest helps nobody here.
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+def _child_setup(cpus):
+    def setup():
+        # UML aborts on a kernel panic; a core file of the whole guest helps nobody here.
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if cpus is not None:
+            os.sched_setaffinity(0, cpus)     # L:887; its guest programs inherit it
+    return setup
 
 
 def parse_status(status_bytes):
@@ -115,12 +120,13 @@ def parse_status(status_bytes):
     return None
 
 
-def spawn(argv, workdir, fds):
+def spawn(argv, workdir, fds, cpus=None):
+    """Start linux.uml; cpus: the CPUs it may run on (None: any, L:887)."""
     env = dict(os.environ, TMPDIR=workdir)
     try:
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fds[0], stderr=fds[0],
                                 pass_fds=fds, env=env, cwd=workdir,
-                                start_new_session=True, preexec_fn=_no_core_dumps)
+                                start_new_session=True, preexec_fn=_child_setup(cpus))
     except OSError as e:
         raise LauncherError(f"cannot start {argv[0]}: {e}") from None
 
@@ -167,8 +173,9 @@ def _pump(channels, outcome, on_stdout, on_stderr, deadline):
 
 
 def boot(kit, command, workdir, *, timeout=None, on_stdout=lambda b: None,
-         on_stderr=lambda b: None, **kernel_options):
+         on_stderr=lambda b: None, cpus=None, **kernel_options):
     """Boot, run `command` (a shell command line) in the guest, and return an Outcome.
+    cpus: the CPUs UML may run on (None: any, L:887).
 
     The UML process is always gone when this returns, whatever happened (including ^C)."""
     start = time.monotonic()
@@ -179,7 +186,7 @@ def boot(kit, command, workdir, *, timeout=None, on_stdout=lambda b: None,
     outcome = Outcome(None, False, None, "", 0.0)
     try:
         argv = kernel_arguments(kit, command, workdir, writes, **kernel_options)
-        proc = spawn(argv, workdir, writes)
+        proc = spawn(argv, workdir, writes, cpus)
         for w in writes:
             os.close(w)
         writes = ()

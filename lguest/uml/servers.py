@@ -41,11 +41,13 @@ def parse_block_spec(spec):
 
 
 class QsdBlockServer:
-    """qemu-storage-daemon exporting block files as vhost-user-blk sockets."""
+    """qemu-storage-daemon exporting block files as vhost-user-blk sockets; `cpus`:
+    where it runs (None: anywhere; L:887)."""
 
-    def __init__(self, blocks, workdir):
+    def __init__(self, blocks, workdir, cpus=None):
         self.blocks = [parse_block_spec(b) if isinstance(b, str) else b for b in blocks]
         self.workdir = workdir
+        self.cpus = cpus
         self.devices = []
         self.proc = None
 
@@ -65,8 +67,11 @@ class QsdBlockServer:
         return argv
 
     def __enter__(self):
-        self.proc = subprocess.Popen(self._argv(), stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        cpus = self.cpus
+        self.proc = subprocess.Popen(
+            self._argv(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus))
         try:
             for sock, _ in self.devices:
                 wait_for_socket(sock, self.proc, what="qemu-storage-daemon")

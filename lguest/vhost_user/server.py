@@ -232,8 +232,14 @@ class VhostUserServer:
         if line:
             log.error("vhost-user %s: %s", self.backend.device.name, line)
 
-    def serve_in_thread(self):
-        self._thread = threading.Thread(target=self.serve_forever, daemon=True,
+    def serve_in_thread(self, cpus=None):
+        """Serve on a thread of its own; cpus: the CPUs it, and the ring threads and
+        session processes it starts, may run on (None: any; lguest/uml/placement.py)."""
+        def serve():
+            if cpus is not None:
+                os.sched_setaffinity(0, cpus)
+            self.serve_forever()
+        self._thread = threading.Thread(target=serve, daemon=True,
                                         name=f"vhost-user-{self.backend.device.name}")
         self._thread.start()
         return self._thread
