@@ -53,7 +53,8 @@ class Sampler(threading.Thread):
         return self.peak
 
 
-def start_backend(which, image, sock, poll_us=None):
+def start_backend(which, image, sock, poll_us=None, cpus=None):
+    """Start ours or qemu-storage-daemon on `sock`; cpus: where it runs (None: anywhere)."""
     if which.startswith("ours"):
         argv = [sys.executable, "-m", "lguest", "vhost-user", f"--socket={sock}",
                 f"--block={image}", f"--queues={QUEUES}"]
@@ -65,7 +66,8 @@ def start_backend(which, image, sock, poll_us=None):
                 "--export", "type=vhost-user-blk,id=e0,node-name=f0,addr.type=unix,"
                 f"addr.path={sock},writable=on,num-queues={QUEUES}"]
     proc = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus))
     servers.wait_for_socket(sock, proc, what=which)
     return proc
 

@@ -11,7 +11,9 @@ with 2 queues offered, on two copies of one image warm in the host's page cache.
 `blkbench pairs` (bench/blkbench.c) reads 4 KiB at random offsets from one disk at a time, in slices of a
 second, A B B A ..., at QD1 and then at QD16: each pair of slices is a second or two of
 the same machine, guest and kernel. Which back-end is vda alternates per boot (the disks
-differ in size by 1 MiB so the guest's report says which is which). The IOPS are the
+differ in size by 1 MiB so the guest's report says which is which). `--cpus one` puts
+the guest and both back-ends on one CPU, as `lguest run` places a guest and its own
+back-ends (lguest/uml/placement.py); by default they are the scheduler's. The IOPS are the
 ops over the time of all a side's slices; the note gives the median and spread of the
 per-pair ratios; CPU per request is each back-end process tree's, around its slices.
 """
@@ -29,7 +31,7 @@ from common import bench_kit, compile_c, fmt, say, tree_cpu_seconds, Row  # noqa
 import blk  # noqa: E402
 
 from lguest import virtio  # noqa: E402
-from lguest.uml import process  # noqa: E402
+from lguest.uml import placement, process  # noqa: E402
 
 QD = blk.QD
 IMAGE_MB = 128
@@ -67,15 +69,16 @@ class Slices:
         return tree_cpu_seconds(pid) if pid else 0.0
 
 
-def one_boot(kit, images, ours_first, pairs, slice_s, timeout, poll_us=None):
-    """[(side, depth, ops, ns, cpu)] for one guest, side 'ours' or 'qsd'."""
+def one_boot(kit, images, ours_first, pairs, slice_s, timeout, poll_us=None, cpus=None):
+    """[(side, depth, ops, ns, cpu)] for one guest, side 'ours' or 'qsd'; cpus: where
+    the guest and both back-ends run (None: anywhere)."""
     with tempfile.TemporaryDirectory(prefix="lgb-", dir="/tmp") as workdir:
         socks = {side: os.path.join(workdir, f"{side}.sock") for side in ("ours", "qsd")}
         procs = {}
         try:
             for side in ("ours", "qsd"):
                 procs[side] = blk.start_backend(side, images[side], socks[side],
-                                                 poll_us if side == "ours" else None)
+                                                 poll_us if side == "ours" else None, cpus)
             order = ["ours", "qsd"] if ours_first else ["qsd", "ours"]
             # ours' image is 1 MiB larger: the guest's sizes say which disk is whose.
             def pids_by_dev(sizes):
@@ -86,7 +89,7 @@ def one_boot(kit, images, ours_first, pairs, slice_s, timeout, poll_us=None):
             slices = Slices(pids_by_dev)
             command = ("echo sizes $(cat /sys/block/vda/size) $(cat /sys/block/vdb/size); "
                        f"/bin/blkbench pairs /dev/vda /dev/vdb {slice_s} {pairs} {QD}")
-            outcome = process.boot(kit, command, workdir, timeout=timeout,
+            outcome = process.boot(kit, command, workdir, timeout=timeout, cpus=cpus,
                                    on_stdout=slices.feed, wait=["vda", "vdb"],
                                    devices=[(socks[s], virtio.ID_BLOCK) for s in order])
         finally:
@@ -101,7 +104,8 @@ def one_boot(kit, images, ours_first, pairs, slice_s, timeout, poll_us=None):
     return [(side_of[dev], depth, ops, ns, cpu) for dev, depth, ops, ns, cpu in slices.done]
 
 
-def measure(pairs=8, quick=False, boots=2, slice_s=1.0, timeout=300, poll_us=None):
+def measure(pairs=8, quick=False, boots=2, slice_s=1.0, timeout=300, poll_us=None,
+            cpus=placement.ALL):
     """Rows for the table (bench/run calls it with its --runs as `pairs`)."""
     if quick:
         boots, pairs, slice_s = 1, 4, 0.5
@@ -118,12 +122,14 @@ def measure(pairs=8, quick=False, boots=2, slice_s=1.0, timeout=300, poll_us=Non
             say(f"blk-pairs: boot {i + 1}/{boots}, {pairs} pairs of {slice_s} s slices, "
                 f"{'ours' if i % 2 == 0 else 'qsd'} as vda")
             started = time.monotonic()
-            results += one_boot(kit, images, i % 2 == 0, pairs, slice_s, timeout, poll_us)
+            results += one_boot(kit, images, i % 2 == 0, pairs, slice_s, timeout, poll_us,
+                                placement.resolve(cpus))
             say(f"blk-pairs: boot {i + 1} took {time.monotonic() - started:.1f} s")
-    return rows_of(results, boots, pairs, slice_s)
+    return rows_of(results, boots, pairs, slice_s,
+                   ", one CPU shared (lguest run's placement)" if cpus == placement.ONE else "")
 
 
-def rows_of(results, boots, pairs, slice_s):
+def rows_of(results, boots, pairs, slice_s, label=""):
     rows = []
     for depth in (1, QD):
         mine = [r for r in results if r[1] == depth]
@@ -138,9 +144,9 @@ def rows_of(results, boots, pairs, slice_s):
                 f"{fmt(ratios[0])}-{fmt(ratios[-1])}x")
         label = "1 thread" if depth == 1 else f"{depth} threads, 2 queues offered"
         rows.append(Row("blk-pairs", f"rand read 4 KiB O_DIRECT, QD{depth} ({label}), same "
-                        "guest, alternating slices", iops(ours), iops(qsd), "IOPS",
+                        f"guest, alternating slices{label}", iops(ours), iops(qsd), "IOPS",
                         ">= 1.0x", note))
-        rows.append(Row("blk-pairs", f"back-end CPU per request, QD{depth}, same slices",
+        rows.append(Row("blk-pairs", f"back-end CPU per request, QD{depth}, same slices{label}",
                         cpu_us(ours), cpu_us(qsd), "us", "", higher_is_better=False))
     return rows
 
@@ -154,5 +160,7 @@ if __name__ == "__main__":
     p.add_argument("--slice-s", type=float, default=1.0)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--poll-us", type=int, help="pass --poll-us=N to our back-end")
+    p.add_argument("--cpus", choices=(placement.ALL, placement.ONE), default=placement.ALL,
+                   help="one: the guest and both back-ends on one CPU, as lguest run places them")
     a = p.parse_args()
-    print(table(measure(a.pairs, a.quick, a.boots, a.slice_s, poll_us=a.poll_us)))
+    print(table(measure(a.pairs, a.quick, a.boots, a.slice_s, poll_us=a.poll_us, cpus=a.cpus)))

@@ -81,16 +81,23 @@ def make_tree(top):
     subprocess.run(["git", "clone", "-q", ROOT, os.path.join(top, "repo")], check=True)
 
 
+def on_cpus(cpus):
+    """Popen's preexec_fn that keeps the child on `cpus` (None: anywhere), as lguest
+    run places a guest's back-ends (lguest/uml/placement.py)."""
+    return None if cpus is None else lambda: os.sched_setaffinity(0, cpus)
+
+
 class Ours:
     name = "lguest"
     tag = TAG
     options = ()
 
-    def __init__(self, top, workdir):
+    def __init__(self, top, workdir, cpus=None):
         self.sock = os.path.join(workdir, "ours.sock")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "lguest", "vhost-user", "--socket", self.sock,
-             "--fs", top, "--tag", self.tag, *self.options], cwd=ROOT, stdin=subprocess.DEVNULL)
+             "--fs", top, "--tag", self.tag, *self.options], cwd=ROOT, stdin=subprocess.DEVNULL,
+            preexec_fn=on_cpus(cpus))
         wait_for(self.sock, self.proc)
 
     @classmethod
@@ -108,12 +115,12 @@ class Virtiofsd:
     name = "virtiofsd"
     tag = TAG
 
-    def __init__(self, top, workdir):
+    def __init__(self, top, workdir, cpus=None):
         back = os.path.join(workdir, "vfsd.sock")
         self.sock = os.path.join(workdir, "relay.sock")
         self.proc = subprocess.Popen(
             [VIRTIOFSD, f"--socket-path={back}", "-o", f"source={top}", "-o", "cache=auto",
-             "-o", "log_level=err"], stdin=subprocess.DEVNULL)
+             "-o", "log_level=err"], stdin=subprocess.DEVNULL, preexec_fn=on_cpus(cpus))
         wait_for(back, self.proc)
         self.relay = ConfigRelay(self.sock, back, self.tag)
 

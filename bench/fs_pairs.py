@@ -12,6 +12,10 @@ with fsync -- on one mount and then at once on the other, ours first in even rou
 second in odd ones, each after dropping the guest's caches. A phase's two runs are then
 seconds apart on the same machine, guest and kernel. The rows give each side's median
 over the rounds and, in the note, the median and spread of the per-round ratios.
+
+Each placement gets its boots: the guest and both servers left to the scheduler (on
+two free CPUs, each request wakes an idle CPU twice), and all of them on one CPU, as
+`lguest run` places a guest and its back-ends by default (lguest/uml/placement.py).
 """
 
 import os
@@ -25,10 +29,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fs  # noqa: E402
 from common import Row, bench_kit, fmt, say, tree_cpu_seconds  # noqa: E402
 
-from lguest.uml import process  # noqa: E402
+from lguest.uml import placement, process  # noqa: E402
 from lguest.virtio import ID_FS  # noqa: E402
 
 SIDES = ("ours", "ref")
+# (what the rows add to their metric, lguest run's --cpus for it)
+PLACEMENTS = (("", placement.ALL), (", one CPU shared (lguest run's placement)", placement.ONE))
 
 GUEST = r"""
 for t in ours ref; do mkdir -p /mnt/$t; mount -t virtiofs $t /mnt/$t || exit 1; done
@@ -75,17 +81,18 @@ def cpu_recorder(marks, cpu, servers):
     return fs.marker_recorder(marks, charge)
 
 
-def one_boot(kit, top, rounds):
-    """({side: {phase: [seconds per round]}}, the same of server CPU seconds)."""
+def one_boot(kit, top, rounds, cpus=None):
+    """({side: {phase: [seconds per round]}}, the same of server CPU seconds);
+    cpus: where the guest and both servers run (None: anywhere)."""
     workdir = tempfile.mkdtemp(prefix="lgfsp-", dir="/tmp")
     marks = {}                        # "ours find-start": [host times, one a round]
     cpu = {}                          # "ours find-start": [server CPU seconds, one a round]
     servers = []
     try:
-        servers.append(Ours(top, workdir))
-        servers.append(Ref(top, workdir))
+        servers.append(Ours(top, workdir, cpus))
+        servers.append(Ref(top, workdir, cpus))
         outcome = process.boot(kit, GUEST.replace("{rounds}", str(rounds)), workdir,
-                               timeout=120 + 60 * rounds, mem=256,
+                               timeout=120 + 60 * rounds, mem=256, cpus=cpus,
                                on_stdout=cpu_recorder(marks, cpu, dict(zip(SIDES, servers))),
                                devices=[(s.sock, ID_FS) for s in servers])
     finally:
@@ -110,17 +117,23 @@ def measure(rounds=4, quick=False, boots=1):
     if not os.access(fs.VIRTIOFSD, os.X_OK):
         raise SystemExit(f"{fs.VIRTIOFSD} is missing (Debian: apt-get install qemu-system-common)")
     kit = bench_kit(fs.git_files())
-    times = {side: {p: [] for p in fs.PHASES} for side in SIDES}
-    cpu = {side: {p: [] for p in fs.PHASES} for side in SIDES}
+    out = []
     with tempfile.TemporaryDirectory(prefix="lguest-fsp-", dir="/tmp") as top:
         fs.make_tree(top)
-        for b in range(boots):
-            say(f"fs-pairs: boot {b + 1}/{boots}, {rounds} rounds of every phase on both mounts")
-            for into, got in zip((times, cpu), one_boot(kit, top, rounds)):
-                for side, phases in got.items():
-                    for p, ts in phases.items():
-                        into[side][p] += ts
-    return rows(times, rounds * boots) + cpu_rows(cpu, rounds * boots)
+        for label, spec in PLACEMENTS:
+            times = {side: {p: [] for p in fs.PHASES} for side in SIDES}
+            cpu = {side: {p: [] for p in fs.PHASES} for side in SIDES}
+            for b in range(boots):
+                cpus = placement.resolve(spec)
+                say(f"fs-pairs: boot {b + 1}/{boots} on CPUs "
+                    f"{placement.describe(cpus or placement.allowed_cpus())}, "
+                    f"{rounds} rounds of every phase on both mounts")
+                for into, got in zip((times, cpu), one_boot(kit, top, rounds, cpus)):
+                    for side, phases in got.items():
+                        for p, ts in phases.items():
+                            into[side][p] += ts
+            out += rows(times, rounds * boots, label) + cpu_rows(cpu, rounds * boots, label)
+    return out
 
 
 # What each server's process spent on the CPU during its own phases, per unit of the
@@ -130,18 +143,18 @@ CPU_ROWS = (("stat", "a path of the stat storm", 5000, 1e6, "us"),
             ("read", "a MiB of the sequential read", 64, 1e6, "us"))
 
 
-def cpu_rows(cpu, n):
+def cpu_rows(cpu, n, label=""):
     out = []
     for phase, what, amount, scale, unit in CPU_ROWS:
         if phase not in cpu["ours"]:
             continue
         per = {side: sum(cpu[side][phase]) / (amount * n) * scale for side in SIDES}
-        out.append(Row("fs-pairs", f"server CPU per {what} ({n} rounds)", per["ours"],
+        out.append(Row("fs-pairs", f"server CPU per {what} ({n} rounds){label}", per["ours"],
                        per["ref"], unit, "", higher_is_better=False))
     return out
 
 
-def rows(times, n):
+def rows(times, n, label=""):
     out = []
     for phase, metric, amount, unit, target in fs.SPEC:
         ours, ref = times["ours"][phase], times["ref"][phase]
@@ -149,7 +162,7 @@ def rows(times, n):
         ratios = sorted(r / o for o, r in zip(ours, ref))
         note = (f"{n} rounds, one guest, both mounts; per-round ratios median "
                 f"{fmt(statistics.median(ratios))}x, {fmt(ratios[0])}-{fmt(ratios[-1])}x")
-        out.append(Row("fs-pairs", f"{metric}, same guest, in turns",
+        out.append(Row("fs-pairs", f"{metric}, same guest, in turns{label}",
                        amount / statistics.median(ours), amount / statistics.median(ref),
                        unit, target, note))
     return out
