@@ -19,6 +19,7 @@
 
 import argparse
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -123,6 +124,23 @@ def _writer(stream):
     return write
 
 
+def hidden_program_note(plan, program):
+    """A note for a program the guest will not find: the host's /tmp (a venv in a CI
+    checkout, say) is hidden by the guest's own. None if the guest will see it."""
+    found = program if "/" in program else shutil.which(program, path=plan.env.get("PATH"))
+    if not found or not os.path.exists(found):
+        return None
+    found = os.path.join(plan.cwd or os.getcwd(), found)
+    top = plan.hidden_from_guest(found)
+    if top is None:
+        return None
+    folder = os.path.dirname(os.path.abspath(found))
+    if os.path.basename(folder) == "bin":
+        folder = os.path.dirname(folder)    # a venv or a prefix: the rest of it is needed too
+    return (f"{found} is under the host's {top}, which the guest does not see (it has its "
+            f"own {top}); --share {folder},ro shows it there")
+
+
 def main(argv=None):
     args = parser().parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -137,6 +155,9 @@ def main(argv=None):
                    mem=args.mem, timeout=args.timeout, backend=args.backend,
                    root=args.root, share=args.share, terminal=sys.stdout.isatty(),
                    cpus=args.cpus) as guest:
+            note = hidden_program_note(guest.plan, command[0])
+            if note:
+                print(f"lguest run: {note}", file=sys.stderr)
             result = run_with_our_stdin(guest, command, on_stdout=_writer(sys.stdout.buffer),
                                         on_stderr=_writer(sys.stderr.buffer))
         for note in result.notes:           # an OOM kill is the one kind so far

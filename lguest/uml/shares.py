@@ -121,6 +121,18 @@ class Plan:
     def host_root(self):
         return self.root == "host"
 
+    def hidden_from_guest(self, path):
+        """The guest directory that hides host `path` from the guest's commands (its own
+        /tmp, /proc, /sys or /dev over the host's), or None if the guest sees it."""
+        if not self.host_root:
+            return None
+        path = os.path.abspath(path)
+        for top in ("/tmp",) + GUEST_OWNED:
+            if _under(path, top):
+                shared = any(_under(path, s.guest) for s in self.shares if s.guest != "/")
+                return None if shared else top
+        return None
+
     def _mount_point(self, share):
         if share.guest == "/":
             return HOST_MOUNT

@@ -225,3 +225,38 @@ def test_init_skips_the_modules_of_devices_this_boot_does_not_have():
 def test_a_working_directory_that_is_not_there_is_refused(tmp_path):
     with pytest.raises(LauncherError, match="is not a directory on this host"):
         plan(root="host", cwd=str(tmp_path / "gone"))
+
+
+def test_what_the_guests_own_directories_hide_is_named(tmp_path):
+    made = plan(cwd=str(tmp_path), user=(1000, 1000))
+    assert made.hidden_from_guest(str(tmp_path / "venv" / "bin" / "python")) is None  # the cwd
+    assert made.hidden_from_guest("/tmp/elsewhere/python") == "/tmp"
+    assert made.hidden_from_guest("/tmp") == "/tmp"
+    assert made.hidden_from_guest("/tmpfoo/python") is None
+    assert made.hidden_from_guest("/dev/shm/tool") == "/dev"
+    assert made.hidden_from_guest("/usr/bin/python3") is None
+    shared = plan(["/tmp:/tmp,ro"], cwd=str(tmp_path), user=(1000, 1000))
+    assert shared.hidden_from_guest("/tmp/elsewhere/python") is None
+    assert plan(root="initramfs").hidden_from_guest("/tmp/x") is None
+
+
+def test_a_program_under_the_hosts_tmp_gets_a_note_naming_the_share_it_needs(tmp_path):
+    import tempfile
+    venv = tempfile.mkdtemp(prefix="lgvenv-", dir="/tmp")
+    try:
+        os.mkdir(os.path.join(venv, "bin"))
+        program = os.path.join(venv, "bin", "python")
+        with open(program, "w") as f:
+            f.write("#!/bin/sh\n")
+        os.chmod(program, 0o755)
+        made = plan(cwd=str(tmp_path), user=(1000, 1000),
+                    environ={"PATH": f"{venv}/bin:/usr/bin"})
+        note = cli.hidden_program_note(made, program)
+        assert note == (f"{program} is under the host's /tmp, which the guest does not see "
+                        f"(it has its own /tmp); --share {venv},ro shows it there")
+        assert cli.hidden_program_note(made, "python") == note      # found on PATH
+        assert cli.hidden_program_note(made, "sh") is None           # /usr/bin/sh
+        assert cli.hidden_program_note(made, "no-such-program-here") is None
+    finally:
+        import shutil
+        shutil.rmtree(venv)
