@@ -129,7 +129,8 @@ def measure(pairs=8, quick=False, boots=2, slice_s=1.0, timeout=300, poll_us=Non
                    ", one CPU shared (lguest run's placement)" if cpus == placement.ONE else "")
 
 
-def rows_of(results, boots, pairs, slice_s, label=""):
+def rows_of(results, boots, pairs, slice_s, where=""):
+    """where: what the rows add to their metric for a placement other than the default."""
     rows = []
     for depth in (1, QD):
         mine = [r for r in results if r[1] == depth]
@@ -144,9 +145,9 @@ def rows_of(results, boots, pairs, slice_s, label=""):
                 f"{fmt(ratios[0])}-{fmt(ratios[-1])}x")
         label = "1 thread" if depth == 1 else f"{depth} threads, 2 queues offered"
         rows.append(Row("blk-pairs", f"rand read 4 KiB O_DIRECT, QD{depth} ({label}), same "
-                        f"guest, alternating slices{label}", iops(ours), iops(qsd), "IOPS",
+                        f"guest, alternating slices{where}", iops(ours), iops(qsd), "IOPS",
                         ">= 1.0x", note))
-        rows.append(Row("blk-pairs", f"back-end CPU per request, QD{depth}, same slices{label}",
+        rows.append(Row("blk-pairs", f"back-end CPU per request, QD{depth}, same slices{where}",
                         cpu_us(ours), cpu_us(qsd), "us", "", higher_is_better=False))
     return rows
 

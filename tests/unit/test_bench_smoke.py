@@ -251,3 +251,18 @@ def test_fs_pairs_cpu_recorder_charges_each_mark_to_its_side(monkeypatch):
     record(b"M ours stat-start\nnoise\nM ref stat-end\n")
     assert cpu == {"ours stat-start": [1.5], "ref stat-end": [2.0]}
     assert set(marks) == {"ours stat-start", "ref stat-end"}
+
+
+def test_pair_rows_name_their_depth_and_placement():
+    import blk_pairs
+    # (side, depth, ops, ns, cpu seconds): ours twice as fast at QD1, even at QD16.
+    results = [("ours", 1, 2000, 10**9, 0.1), ("qsd", 1, 1000, 10**9, 0.1),
+               ("ours", 16, 5000, 10**9, 0.1), ("qsd", 16, 5000, 10**9, 0.1)]
+    plain = blk_pairs.rows_of(results, 1, 1, 1.0)
+    pinned = blk_pairs.rows_of(results, 1, 1, 1.0, ", one CPU shared")
+    assert "QD1 (1 thread), same guest, alternating slices" in plain[0].metric
+    assert plain[0].metric.endswith("alternating slices")
+    assert pinned[0].metric.endswith("alternating slices, one CPU shared")
+    assert pinned[1].metric.endswith("same slices, one CPU shared")
+    assert (plain[0].ours, plain[0].reference) == (2000, 1000)
+    assert (plain[2].ours, plain[2].reference) == (5000, 5000)
