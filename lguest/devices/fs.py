@@ -454,14 +454,18 @@ def time_spec(valid, set_bit, now_bit, seconds, nanoseconds):
 
 
 def trim(views, n):
-    """The first n bytes of a list of buffers, as a list of slices."""
+    """The first n bytes of a list of buffers: the buffers that fit whole, as they are
+    (a READ's pages usually all do: slicing each one cost ~0.4 us of 32), and a slice
+    of the one that does not."""
     out = []
     for v in views:
-        if n <= 0:
+        size = v.nbytes
+        if size >= n:
+            if n > 0:
+                out.append(v if size == n else v[:n])
             break
-        take = min(n, v.nbytes)
-        out.append(v[:take])
-        n -= take
+        out.append(v)
+        n -= size
     return out
 
 

@@ -345,3 +345,14 @@ def test_closing_twice_closes_nothing_twice(share):
         os.fstat(bystander)                         # still open
     finally:
         os.close(bystander)
+
+
+def test_trim_keeps_whole_buffers_and_slices_only_the_last():
+    from lguest.devices.fs import trim
+    a, b = memoryview(bytearray(b"abcd")), memoryview(bytearray(b"efgh"))
+    assert [bytes(v) for v in trim([a, b], 6)] == [b"abcd", b"ef"]
+    whole = trim([a, b], 8)
+    assert whole[0] is a and whole[1] is b              # no new views for what fits
+    assert [bytes(v) for v in trim([a, b], 100)] == [b"abcd", b"efgh"]
+    assert trim([a, b], 0) == [] and trim([], 5) == []
+    assert [bytes(v) for v in trim([a, b], 4)] == [b"abcd"]
