@@ -114,8 +114,10 @@ class _Booted:
     def __init__(self, guest, boot_dir):
         self.stack = contextlib.ExitStack()
         self.stack.callback(shutil.rmtree, boot_dir, ignore_errors=True)
-        # Chosen at each boot: "one" is the CPU we are on now (L:887).
-        self.cpus = placement.resolve(guest.cpus)
+        # Chosen at each boot: "one" is the CPU we are on now, unless another of our
+        # guests has it (L:887).
+        self.cpus = placement.claim(guest.cpus)
+        self.stack.callback(placement.release, self.cpus)
         self.uml = agent.BootedGuest(guest._kit, boot_dir, console=guest.console,
                                      cpus=self.cpus)
         self.stack.callback(self.uml.release)

@@ -11,10 +11,14 @@
 # measured got slower (docs/uml.md, "One CPU", has the table). So by default the guest
 # and its back-ends share the CPU the launcher is on as the guest boots (the scheduler
 # had room there); `--cpus all` leaves them to the scheduler, `--cpus LIST` (taskset's
-# syntax: 0,2-3) puts them on those CPUs.
+# syntax: 0,2-3) puts them on those CPUs. Guests booted by one process (run_pair's
+# two, a test suite's Guests in threads) are spread: "one" takes a CPU that none of
+# this process's running guests has, while there is one.
 """
 
 import os
+import threading
+from collections import Counter
 
 from ..errors import LauncherError
 
@@ -54,6 +58,37 @@ def current_cpu():
             return int(f.read().rsplit(b")", 1)[1].split()[36])
     except (OSError, ValueError, IndexError):
         return None
+
+
+# CPUs given to this process's running guests by claim(), and how many each.
+_claimed = Counter()
+_claimed_lock = threading.Lock()
+
+
+def claim(spec):
+    """resolve() for a guest about to boot, spreading "one" over the CPUs our other
+    running guests do not have; release() the result when the guest is gone."""
+    with _claimed_lock:
+        if spec == ONE:
+            allowed = allowed_cpus()
+            fewest = min(_claimed[cpu] for cpu in allowed)
+            free = {cpu for cpu in allowed if _claimed[cpu] == fewest}
+            cpus = resolve(ONE, allowed=free)
+        else:
+            cpus = resolve(spec)
+        if cpus is not None:
+            _claimed.update(cpus)
+        return cpus
+
+
+def release(cpus):
+    """The guest claim() placed on `cpus` is gone."""
+    if cpus is None:
+        return
+    with _claimed_lock:
+        for cpu in cpus:
+            if _claimed[cpu] > 0:
+                _claimed[cpu] -= 1
 
 
 def resolve(spec, allowed=None):

@@ -73,3 +73,18 @@ def test_the_default_memory_is_enough_for_python_and_an_oom_kill_is_named(uml, t
     assert "lguest run: the guest ran out of memory (128 MiB) and its kernel killed " \
            "python3 (pid " in err, err
     assert "--mem gives it more" in err and "Traceback" not in err
+
+
+def test_two_running_guests_of_one_process_get_different_cpus(uml):
+    with Guest(root="initramfs", kit=uml) as a, Guest(root="initramfs", kit=uml) as b:
+        a.boot()
+        b.boot()
+        first, second = a._booted.cpus, b._booted.cpus
+        if len(ALLOWED) > 1:
+            assert first != second
+        for g, cpus in ((a, first), (b, second)):
+            for pid in uml_processes(g._booted):
+                assert os.sched_getaffinity(pid) == cpus
+    with Guest(root="initramfs", kit=uml) as c:               # theirs given back
+        c.boot()
+        assert len(c._booted.cpus) == 1

@@ -126,3 +126,20 @@ def test_an_oom_kill_in_the_kernel_log_becomes_a_note():
         "the guest ran out of memory (128 MiB) and its kernel killed python3 (pid 714)",
         "the guest ran out of memory (128 MiB) and its kernel killed sh -c x (pid 80)"]
     assert memory_notes("[    1.0] virtio_uml: probed\n", 128) == []
+
+
+def test_one_spreads_this_processs_guests_over_the_cpus_while_it_can(monkeypatch):
+    monkeypatch.setattr(placement, "allowed_cpus", lambda: frozenset({0, 1}))
+    monkeypatch.setattr(placement, "current_cpu", lambda: 0)
+    monkeypatch.setattr(placement, "_claimed", placement.Counter())
+    first = placement.claim(placement.ONE)
+    second = placement.claim(placement.ONE)
+    third = placement.claim(placement.ONE)                 # both taken: share again
+    assert (first, second) == ({0}, {1}) and len(third) == 1
+    assert placement.claim(placement.ALL) is None
+    for cpus in (first, second, third, None):
+        placement.release(cpus)
+    assert placement.claim(placement.ONE) == {0}           # all free again: where we are
+    monkeypatch.setattr(placement, "_claimed", placement.Counter())
+    assert placement.claim(frozenset({1})) == {1}          # an explicit CPU counts too
+    assert placement.claim(placement.ONE) == {0}
