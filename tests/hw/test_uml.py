@@ -51,6 +51,23 @@ def test_command_output_and_exit_status_come_back_separately(uml, private_tmp):
     assert os.listdir(private_tmp) == []                     # boot dirs and sockets gone
 
 
+def test_the_guests_ram_is_on_tmpfs_not_on_the_workdirs_disk(uml, private_tmp):
+    # L:841: UML's memory file (created and unlinked in $TMPDIR) belongs on a tmpfs,
+    # where the host never writes the guest's RAM back to a disk.
+    from lguest.uml import process
+    expected = process.ram_dir(64, private_tmp)
+    with guest(uml, mem=64) as g:
+        g.run("true")
+        with open(f"/proc/{g._booted.uml.proc.pid}/maps") as f:
+            maps = f.read().splitlines()
+    ram = {line.split(None, 5)[5] for line in maps
+           if " rw" in line and "s " in line.split()[1] + " " and line.endswith("(deleted)")}
+    assert ram, maps
+    assert all(os.path.dirname(path.rsplit(" ", 1)[0]) == expected for path in ram), ram
+    if os.path.isdir("/dev/shm") and process.mount_type("/dev/shm") == "tmpfs":
+        assert expected == "/dev/shm"
+
+
 def test_block_guest_reads_host_pattern_and_writes_its_own(uml, tmp_path, private_tmp):
     disk = tmp_path / "disk.img"
     host_bytes = pattern("host", 1 << 20)

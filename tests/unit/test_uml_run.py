@@ -1,6 +1,7 @@
 """The pure parts of `lguest run`: the UML command line, the status line, failures."""
 
 import base64
+import os
 
 import pytest
 
@@ -28,6 +29,51 @@ def test_kernel_arguments_wire_the_four_channels_and_devices():
     assert "virtio_uml.device=/w/console.sock:3" in argv
     assert "lguest_wait=vda,hvc0" in argv and "lguest_ip=10.0.0.2/24" in argv
     assert "lguest_stdout=hvc0" in argv and "uml_dir=/w" in argv
+
+
+def mounts_file(tmp_path, *entries):
+    path = tmp_path / f"mounts-{len(list(tmp_path.glob('mounts-*')))}"
+    path.write_text("".join(f"dev {point} {kind} rw 0 0\n" for point, kind in entries))
+    return str(path)
+
+
+def test_guest_ram_goes_to_a_tmpfs_with_room_not_the_workdir(tmp_path):
+    # L:841: a disk-backed memory file is written back and write-protected again and
+    # again; a tmpfs one is not. The candidate must be a tmpfs with room for the RAM.
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    tmpfs = mounts_file(tmp_path, ("/", "ext4"), (str(shm), "tmpfs"))
+    disk = mounts_file(tmp_path, ("/", "ext4"), (str(tmp_path / "elsewhere"), "tmpfs"))
+    assert process.ram_dir(64, "/w", str(shm), tmpfs) == str(shm)
+    assert process.ram_dir(64, "/w", str(shm), disk) == "/w"
+    assert process.ram_dir(1 << 40, "/w", str(shm), tmpfs) == "/w"        # no room
+    assert process.ram_dir(64, "/w", str(tmp_path / "missing"), tmpfs) == "/w"
+    assert process.ram_dir(64, "/w", str(shm), str(tmp_path / "no-mounts")) == "/w"
+
+
+def test_mount_type_takes_the_longest_mount_point_holding_the_path(tmp_path):
+    mounts = mounts_file(tmp_path, ("/", "ext4"), ("/dev", "devtmpfs"), ("/dev/shm", "tmpfs"),
+                         ("/dev/shmem", "xfs"), ("/a\\040b", "tmpfs"))
+    assert process.mount_type("/dev/shm/x", mounts) == "tmpfs"
+    assert process.mount_type("/dev/sh", mounts) == "devtmpfs"    # a prefix is not a parent
+    assert process.mount_type("/usr", mounts) == "ext4"
+    assert process.mount_type("/a b/c", mounts) == "tmpfs"        # /proc/mounts escapes spaces
+
+
+def test_spawn_gives_uml_the_ram_directory_as_tmpdir(tmp_path):
+    # The argv is a shell standing in for linux.uml; its mem= word is what spawn reads.
+    r, w = os.pipe()
+    try:
+        proc = process.spawn(["/bin/sh", "-c", 'printf %s "$TMPDIR"', "mem=32M"],
+                             str(tmp_path), (w,))
+        os.close(w)
+        proc.wait(10)
+        said = os.read(r, 4096).decode()
+    finally:
+        os.close(r)
+    assert said == process.ram_dir(32, str(tmp_path))
+    assert process.memory_of(["linux", "mem=96M"]) == 96
+    assert process.memory_of(["linux"]) == 64
 
 
 def test_the_raid6_benchmark_is_skipped_only_without_block_devices():
