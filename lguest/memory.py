@@ -72,6 +72,13 @@ class Memory:
         """Return (buffer, offset) for [addr, addr+length), or raise GuestMemoryError."""
         raise NotImplementedError
 
+    def span(self, addr: int) -> tuple[memoryview, int, int] | None:
+        """(buffer, guest start, guest end) of the one piece of memory holding addr, for
+        a caller that checks many ranges against it at once (virtqueue.py, L:236);
+        None if there is none, or if every access must go through _locate (a subclass
+        that watches them)."""
+        return None
+
     def check(self, addr: int, length: int) -> None:
         """check_pointer(): raise GuestMemoryError unless the whole range is guest memory."""
         self._locate(addr, length)
@@ -171,6 +178,10 @@ class GuestMemory(Memory):
         if addr < 0 or length < 0 or addr + length > self.size:
             raise GuestMemoryError("Invalid address", detail=f"{addr:#x}+{length:#x} outside {self.size:#x} bytes")
         return self._ram, addr
+
+    def span(self, addr: int) -> tuple[memoryview, int, int] | None:
+        """Memory.span: all of guest RAM is one piece."""
+        return (self._ram, 0, self.size) if 0 <= addr < self.size else None
 
     def to_guest_phys(self, host_address: int) -> int:
         """The guest-physical address of a launcher address inside guest memory."""

@@ -24,6 +24,7 @@ from typing import Iterable
 from .errors import GuestError
 from .memory import Memory, store
 from .transport_rules import ring_alignment_problem
+from .vring_tables import MAX_CHAIN_BYTES, linux_table, unpack_table
 from .virtio import (DESC_SIZE, F_RING_EVENT_IDX, F_RING_INDIRECT_DESC, MAX_QUEUE_SIZE,
                      USED_ELEM_SIZE, VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT,
                      VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY, bit)
@@ -55,7 +56,6 @@ SEED_RULES = frozenset({
     RULE_AVAIL_FLAGS, RULE_QUEUE_SIZE, RULE_RINGS_OVERLAP, RULE_CHAIN_LENGTH,
 })
 
-MAX_CHAIN_BYTES = 1 << 32   # 2.7.5: a chain's total length, and what a used len can say
 INDIRECT_MAX = 1024         # entries of an indirect table we take from any ring (L:235)
 
 _U16 = struct.Struct("<H")
@@ -142,6 +142,7 @@ class Virtqueue:
         self._signalled_used = 0
         self._bound = False
         self._budget = None         # chains pop() may still hand out this round (L:221)
+        self.coalesce = False       # buffers that touch become one view (L:236)
         self._fence = _thread.allocate_lock()
         try:
             self._bind()
@@ -297,7 +298,12 @@ class Virtqueue:
             else:
                 addr, length, flags, nxt = descs[i]
             if flags & VRING_DESC_F_INDIRECT:
-                descs = self._enter_indirect(descs is not None, addr, length, flags)
+                table = self._enter_indirect(descs is not None, addr, length, flags)
+                if not seen:                    # the head: the table is the whole chain
+                    views = linux_table(self.memory, table, self.coalesce)
+                    if views is not None:
+                        return Chain(head, *views)
+                descs = list(zip(table[0::4], table[1::4], table[2::4], table[3::4]))
                 count = len(descs)
                 i = 0
                 continue
@@ -362,8 +368,9 @@ class Virtqueue:
         table, base = self.memory._locate(addr, length)
         # The whole table in one read: each entry is still read once (a driver that
         # rewrites it under us confuses only itself), at C speed rather than one
-        # unpack call per descriptor (a 128 KiB virtio-fs READ has 35).
-        return list(_DESC.iter_unpack(table[base:base + length]))
+        # unpack call per descriptor (a 128 KiB virtio-fs READ has 35). Flat: addr,
+        # len, flags, next of entry 0, then of entry 1, ...
+        return unpack_table(table, base, count)
 
     #L:250 add_used(): we are done with a chain. Write its head and the number of bytes
     # we wrote into the next used slot, then publish the new used.idx. The element must

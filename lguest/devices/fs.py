@@ -129,6 +129,14 @@ class FsDevice(VirtioDevice):
         self.fs.close()
 
     # -- the queues ----------------------------------------------------------------------
+    def activate(self, queues, negotiated):
+        super().activate(queues, negotiated)
+        # A READ's pages that touch in guest memory come as one buffer (L:236): every
+        # request here is parsed through the iov helpers, whatever its buffers' shape.
+        for queue in self.queues:
+            if queue is not None:
+                queue.coalesce = True
+
     def process(self, queue_index):
         queue = self.queues[queue_index]
         used = False

@@ -135,6 +135,12 @@ class RegionMemory(Memory):
                 return r.view, addr - r.guest_addr
         raise GuestMemoryError("Invalid address", detail=f"{addr:#x}+{length:#x} is in no memory region")
 
+    def span(self, addr):
+        for r in self.regions:
+            if r.guest_addr <= addr < r.guest_end:
+                return r.view, r.guest_addr, r.guest_end
+        return None
+
     def views(self, addr, length):
         """A range that runs through adjacent regions, as one view per region (L:231).
         QEMU splits guest RAM into regions that touch (below and above the PCI hole

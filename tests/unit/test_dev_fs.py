@@ -10,7 +10,7 @@ import pytest
 from lguest.devices import fuse_wire as W
 from lguest.devices.fs import FsDevice
 from lguest.host.fs import SharedDirectory
-from fuse_client import FuseClient, attr_mode
+from fuse_client import HEAP, FuseClient, attr_mode
 
 
 @pytest.fixture
@@ -61,6 +61,28 @@ def test_create_write_read_back_and_host_sees_it(client, share):
     assert (share / "hello.txt").read_bytes() == b"hello, world"
     size = client.getattr(node).attr()[1]
     assert size == 12
+
+
+def test_a_read_into_pages_laid_out_as_linux_does_fills_each_one(client, share):
+    # The out header in a buffer of its own, then 8 pages back to back: the fs queues
+    # coalesce them (L:236) into one view, and every page gets its own bytes.
+    data = os.urandom(8 * 4096)
+    (share / "big").write_bytes(data)
+    node = client.node(b"big")
+    _, fh = client.open(node)
+    assert all(q.coalesce for q in client.dev.queues)
+    ring = client.ring
+    ring.heap = HEAP
+    header = client.header(W.READ, node, W.READ_IN.size)
+    head, outs = ring.add([header, W.READ_IN.pack(fh, 4096, len(data), 0, 0, 0, 0)],
+                          [16] + [4096] * 8, indirect=True)
+    client.dev.process(1)
+    (used,) = ring.used_entries()
+    assert used == (head, 16 + 7 * 4096)                  # from 4096 to the end: 7 pages
+    length, error, _ = W.OUT_HEADER.unpack(ring.memory.read(outs[0], 16))
+    assert (length, error) == (16 + 7 * 4096, 0)
+    assert b"".join(ring.memory.read(a, 4096) for a in outs[1:8]) == data[4096:]
+    assert ring.memory.read(outs[8], 4096) == b"\xAA" * 4096   # past the end: untouched
 
 
 def test_attributes_carry_times_as_the_kernel_keeps_them(client, share):

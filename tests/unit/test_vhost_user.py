@@ -132,6 +132,22 @@ def test_regions_map_at_their_offsets_and_translate(memfd):
         mem.close()
 
 
+def test_span_is_the_region_holding_an_address(memfd):
+    # virtqueue.py's quick path (L:236) checks a whole table against one span.
+    regions = [P.MemRegion(0x100000, 4 * PAGE, 0x7F0000000000, 0),
+               P.MemRegion(0x100000 + 4 * PAGE, 8 * PAGE, 0x7F0000400000, 8 * PAGE)]
+    mem = RegionMemory(regions, [memfd, memfd])
+    try:
+        os.pwrite(memfd, b"there", 8 * PAGE + 16)
+        view, start, end = mem.span(0x100000 + 4 * PAGE + 20)
+        assert (start, end) == (0x100000 + 4 * PAGE, 0x100000 + 12 * PAGE)
+        assert bytes(view[16:21]) == b"there"
+        assert mem.span(0x100000 + 4 * PAGE - 1)[1:] == (0x100000, 0x100000 + 4 * PAGE)
+        assert mem.span(0x100000 + 12 * PAGE) is None and mem.span(0) is None
+    finally:
+        mem.close()
+
+
 def test_unaligned_mmap_offset_is_honoured(memfd):
     os.pwrite(memfd, b"here", PAGE + 100)
     mem = RegionMemory([P.MemRegion(0, PAGE, 0, PAGE + 100)], [memfd])
