@@ -122,7 +122,7 @@ class FsDevice(VirtioDevice):
             W.OPENDIR: self.do_opendir, W.READDIR: self.do_readdir,
             W.READDIRPLUS: self.do_readdirplus, W.RELEASEDIR: self.do_releasedir,
             W.FSYNCDIR: self.do_fsyncdir, W.CREATE: self.do_create, W.ACCESS: self.do_access,
-            W.FALLOCATE: self.do_fallocate, W.LSEEK: self.do_lseek,
+            W.FALLOCATE: self.do_fallocate, W.LSEEK: self.do_lseek, W.SYNCFS: self.do_syncfs,
         }
 
     def close(self):
@@ -409,6 +409,11 @@ class FsDevice(VirtioDevice):
     def do_fsyncdir(self, req):
         fh, flags, _ = req.body(W.FSYNC_IN)
         self.fs.fsyncdir(fh, bool(flags & W.FSYNC_FDATASYNC))
+        return b""
+
+    def do_syncfs(self, req):
+        # The guest's sync(1) (Linux 5.15 on): what it wrote reaches the host's disk.
+        self.fs.syncfs()
         return b""
 
     def do_readdir(self, req):

@@ -464,6 +464,18 @@ class SharedDirectory:
     def fsyncdir(self, fh, datasync):
         self.fsync(fh, datasync)
 
+    def syncfs(self):
+        """FUSE_SYNCFS: write back the file system the share is on, as virtiofsd does
+        (not those mounted inside it). Nothing to write back from a read-only share.
+        syncfs(2) takes no O_PATH fd, so the root is opened for it."""
+        if self.read_only:
+            return
+        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.root.fd)
+        try:
+            _check(_libc.syncfs(fd))
+        finally:
+            os.close(fd)
+
     def fallocate(self, fh, mode, offset, length):
         self._writable()
         fd = self._handle(fh)[0]

@@ -226,6 +226,37 @@ def test_statfs_lseek_fallocate_fsync(client, share):
     assert os.path.getsize(share / "sparse") == (1 << 20) + 3
 
 
+def test_syncfs_writes_back_the_shares_file_system(client, share, monkeypatch):
+    # Linux sends SYNCFS for a sync(1) in the guest once a server has answered one.
+    synced = []
+    real = client.fs.syncfs
+    monkeypatch.setattr(client.fs, "syncfs", lambda: (synced.append(1), real())[1])
+    assert client.call(W.SYNCFS, 1, b"\0" * 8).error == 0
+    assert synced == [1]
+
+
+def test_syncfs_of_a_read_only_share_answers_without_writing_anything(share, monkeypatch):
+    calls = []
+    monkeypatch.setattr("lguest.host.fs._libc.syncfs", lambda fd: calls.append(fd) or 0,
+                        raising=False)
+    c = FuseClient(str(share), read_only=True)
+    c.init()
+    try:
+        assert c.call(W.SYNCFS, 1, b"\0" * 8).error == 0
+        assert calls == []
+    finally:
+        c.close()
+    rw = FuseClient(str(share))
+    rw.init()
+    try:
+        assert rw.call(W.SYNCFS, 1, b"\0" * 8).error == 0
+        assert len(calls) == 1                 # an fd of the share's root, then closed
+        with pytest.raises(OSError):
+            os.fstat(calls[0])
+    finally:
+        rw.close()
+
+
 def test_unknown_opcodes_get_enosys(client):
     for opcode in (W.GETXATTR, W.SETLK, W.IOCTL, W.SETUPMAPPING, 99, 0xFFFFFFFF):
         assert client.call(opcode, 1, b"\0" * 16).error == -errno.ENOSYS
