@@ -115,7 +115,7 @@ def one_run(kit, image, which, sizes, timeout, poll_us=None):
         sock = os.path.join(workdir, "blk.sock")
         proc = start_backend(which, image, sock, poll_us)
         pid = proc.pid
-        sampler = Sampler(proc.pid, exclude=(workdir,))
+        sampler = Sampler(proc.pid, exclude=(workdir, process.RAM_DIR + "/"))   # guest RAM
         sampler.start()
         try:
             # What the guest thinks the disk's cache is: a write-through disk gets no

@@ -102,7 +102,9 @@ def launcher_rss(image):
                                  "--timeout=60", "--root=initramfs", "--", "sh", "-c", "dd if=/dev/vda of=/dev/null bs=1M "
                                  "2>/dev/null; sleep 1"], cwd=ROOT, env=env,
                                 stdout=subprocess.DEVNULL)
-        sampler = Sampler(proc.pid, exclude=(d, "vm_file"))
+        # The guest's RAM: UML's file is in the workdir, or on /dev/shm (process.ram_dir)
+        # where it is an unnamed O_TMPFILE ("/dev/shm/#<inode> (deleted)").
+        sampler = Sampler(proc.pid, exclude=(d, "vm_file", process.RAM_DIR + "/"))
         sampler.start()
         proc.wait(timeout=90)
         return sampler.stop()
