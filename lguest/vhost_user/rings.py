@@ -11,15 +11,16 @@
 # signal its error eventfd (SET_VRING_ERR), while the other rings and the server go on.
 #
 # The reverse direction is the call fd (SET_VRING_CALL): writing a u64 1 to it is the
-# interrupt. virtio_uml hands us the write end of a pipe rather than an eventfd, so
-# the write is non-blocking and a full pipe (an interrupt already pending) is fine
-# (Signaller, L:735, says how without a syscall more than the write).
+# interrupt. virtio_uml hands us one end of a socketpair rather than an eventfd (SIGIO
+# works on sockets); the write must not block, and a full one (an interrupt already
+# pending) is fine (Signaller, L:735, says how without a syscall more than the write).
 """
 
 import logging
 import os
 import platform
 import select
+import socket
 import stat
 import struct
 import threading
@@ -33,6 +34,7 @@ from .polling import DEFAULT_POLL_US, AdaptivePoll
 log = logging.getLogger("lguest.vhost_user")
 
 ONE = struct.pack("<Q", 1)
+SEND_NOW = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL   # this send only: no wait, no SIGPIPE
 
 #L:733 The rings are shared with a front-end running on other CPUs at the same time,
 # and the ring code (L:220, L:230) has no memory barriers of its own: it relies on
@@ -118,17 +120,19 @@ def signal_fd(fd):
 # costs a poll() before its write, so the call fd gets a Signaller made once per
 # SET_VRING_CALL that knows which write cannot block. A front-end's fd that is already
 # non-blocking (QEMU's and DPDK's eventfds) is written as it is: a full counter gives
-# EAGAIN, not a wait. A pipe (virtio_uml's) is opened again through /proc/self/fd: that
-# is a second open file of the same pipe, ours alone, so we may make it non-blocking
-# without changing the front-end's. Anything else -- a blocking eventfd, which cannot
-# be reopened, or a socket, a tty -- keeps signal_fd's poll-then-write, on a poll
-# object registered once.
+# EAGAIN, not a wait. A socket -- virtio_uml's: UML's os_pipe() is a socketpair, not a
+# pipe -- is sent to with MSG_DONTWAIT, non-blocking for that one call and no other.
+# A pipe is opened again through /proc/self/fd: that is a second open file of the same
+# pipe, ours alone, so we may make it non-blocking without changing the front-end's.
+# Anything else -- a blocking eventfd, which cannot be reopened, a tty -- keeps
+# signal_fd's poll-then-write, on a poll object registered once.
 class Signaller:
     """call(): write a u64 1 to a front-end's fd; never block, never raise."""
 
     def __init__(self, fd):
         self.fd = fd
         self._own_fd = None           # our non-blocking reopening of a pipe
+        self._socket = None           # a socket, to send() to without blocking
         self._poller = None           # for an fd we can only poll before writing
         self._warned = False          # a failing fd is said once, not per interrupt
         if fd is None:
@@ -137,7 +141,12 @@ class Signaller:
         self.write_fd = fd
         try:
             blocking = os.get_blocking(fd)
-            if blocking and stat_is_fifo(fd):
+            mode = os.fstat(fd).st_mode if blocking else 0
+            if stat.S_ISSOCK(mode):
+                # A socket object of our own (a dup: closing it leaves the fd open).
+                self._socket = socket.socket(fileno=os.dup(fd))
+                blocking = False
+            elif stat.S_ISFIFO(mode):
                 self._own_fd = os.open(f"/proc/self/fd/{fd}",
                                        os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
                 self.write_fd, blocking = self._own_fd, False
@@ -152,6 +161,9 @@ class Signaller:
         if fd is None:
             return
         try:
+            if self._socket is not None:
+                self._socket.send(ONE, SEND_NOW)
+                return
             if self._poller is not None:
                 ready = self._poller.poll(0)
                 if not ready or not ready[0][1] & select.POLLOUT:
@@ -168,11 +180,10 @@ class Signaller:
         if self._own_fd is not None:
             os.close(self._own_fd)
             self._own_fd = None
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
         self.write_fd = None
-
-
-def stat_is_fifo(fd):
-    return stat.S_ISFIFO(os.fstat(fd).st_mode)
 
 
 class KickWatcher:

@@ -71,7 +71,7 @@ def test_a_blocking_eventfd_is_polled_before_the_write():
         os.close(e)
 
 
-def test_a_pipe_without_a_reader_or_a_socket_neither_blocks_nor_raises(caplog):
+def test_a_pipe_without_a_reader_neither_blocks_nor_raises(caplog):
     r, w = os.pipe()
     os.close(r)
     s = Signaller(w)
@@ -81,13 +81,35 @@ def test_a_pipe_without_a_reader_or_a_socket_neither_blocks_nor_raises(caplog):
     assert len([m for m in caplog.messages if "cannot signal" in m]) == 1   # said once
     s.close()
     os.close(w)
+
+
+def test_a_socket_is_sent_to_once_per_interrupt_and_left_blocking(caplog):
+    # virtio_uml's call fd: UML's os_pipe() is a blocking AF_UNIX socketpair. One
+    # send(MSG_DONTWAIT) per interrupt, not a poll() and a write.
     a, b = socket.socketpair()
+    before = open_fds()
     s = Signaller(a.fileno())
-    s()
-    assert b.recv(8) == struct.pack("<Q", 1)
-    s.close()
+    try:
+        assert s._poller is None and os.get_blocking(a.fileno())
+        s()
+        assert b.recv(8) == struct.pack("<Q", 1)
+        a.setblocking(False)              # fill it, then hand it back blocking
+        while True:
+            try:
+                a.send(b"\0" * 65536)
+            except BlockingIOError:
+                break
+        a.setblocking(True)
+        assert signal_in_thread(s)        # full: an interrupt is pending, no wait
+        b.close()
+        for _ in range(3):
+            s()                           # the peer is gone: EPIPE said once, no SIGPIPE
+        assert len([m for m in caplog.messages if "cannot signal" in m]) == 1
+    finally:
+        s.close()
+    assert open_fds() == before - 1       # b is closed, and our dup of a; a is open
+    os.fstat(a.fileno())
     a.close()
-    b.close()
 
 
 def open_fds():
