@@ -30,6 +30,11 @@ SECTIONS = ("blk", "blk-pairs", "blk-fe", "boot", "console", "net", "fs", "fs-pa
             "memory", "lguest-host")
 MODULES = {"lguest-host": "lguest_host", "blk-fe": "blk_frontend", "blk-pairs": "blk_pairs",
            "fs-pairs": "fs_pairs"}      # section name -> bench module, where they differ
+# Sections whose run is a round of a few seconds in one guest get more of them: one
+# round's ratio spreads 0.2x-3x on this kind of machine, even between two identical
+# servers (docs/virtiofs.md, "A fresh machine"), so five cannot place a median near a
+# target. --runs N gives these N times as many rounds or pairs.
+ROUNDS_PER_RUN = {"fs-pairs": 4, "blk-pairs": 2}
 
 
 def machine():
@@ -84,7 +89,8 @@ def main(argv=None):
             continue
         try:
             module = __import__(MODULES.get(name, name))
-            rows += steal.measure(name, lambda: module.measure(runs, args.quick))
+            rows += steal.measure(name, lambda: module.measure(runs * ROUNDS_PER_RUN.get(name, 1),
+                                                                 args.quick))
         except (Exception, SystemExit) as e:    # one broken section must not lose the rest
             say(f"{name}: section failed: {e!r}")
             rows.append(Row(name, f"section failed: {str(e)[:120]}", 0, None, "", ""))
