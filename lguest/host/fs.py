@@ -467,10 +467,10 @@ class SharedDirectory:
     def syncfs(self):
         """FUSE_SYNCFS: write back the file system the share is on, as virtiofsd does
         (not those mounted inside it). Nothing to write back from a read-only share.
-        syncfs(2) takes no O_PATH fd, so the root is opened for it."""
+        syncfs(2) takes no O_PATH fd, so the root is opened for it, as opendir does."""
         if self.read_only:
             return
-        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.root.fd)
+        fd = os.open(proc_path(self.root.fd), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             _check(_libc.syncfs(fd))
         finally:
